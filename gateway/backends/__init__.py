@@ -1,0 +1,1 @@
+"""Presence stores and brokers: one module per backend, chosen by ``open_backend``."""

@@ -1,0 +1,97 @@
+"""The contracts every backend keeps.
+
+A backend is a *store* (the presence map) plus a *broker* (the feed of published states).
+The store publishes through its own broker, in the same atomic step as the write where the
+backend allows it (Redis: inside the Lua call), so a state is published exactly when it is
+stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from gateway.model import DeviceRecord, PresenceEvent, UserState
+
+
+class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[presence]`` table: merge windows shared by every app."""
+
+    offline_grace_ms: int = 0
+    session_retention_s: int = 86400
+    max_event_age_s: int = 600
+
+
+class ApplyResult(msgspec.Struct):
+    """What one ``apply`` did."""
+
+    applied: int = 0  # events that changed a device record
+    ignored: int = 0  # duplicates, events beaten by a newer record, events out of the window
+    published: list[UserState] = []  # states published, in the order they were published
+
+
+# Called with (app, user, payload) for every published state the broker receives; payload
+# is the state's JSON as published (``UserState`` encoded).
+MessageHandler = Callable[[str, str, bytes], Awaitable[None] | None]
+# Called after the broker lost its feed and subscribed again: states may have been missed.
+ResetHandler = Callable[[], Awaitable[None] | None]
+
+
+class PresenceStore(Protocol):
+    """The presence map. Every method raises ``StoreUnavailable`` when the store is down."""
+
+    async def apply(
+        self, app: str, events: Sequence[PresenceEvent], now_ms: int | None = None
+    ) -> ApplyResult:
+        """Merge ``events`` into the map atomically per user, and publish changed states.
+
+        Contract: per user all of that user's events are applied in one atomic step; a
+        state is published (at most once per call and user) only when its visible part
+        changed, with ``v`` greater than every ``v`` published before for that user.
+        Events outside ``max_event_age_s`` of ``now_ms`` are ignored. Either the call
+        returns and every event was applied, or it raises ``StoreUnavailable``; a raised
+        call may have applied some users' events (a retry is harmless: merges are
+        idempotent).
+        """
+        ...
+
+    async def get(self, app: str, users: Sequence[str]) -> list[UserState]:
+        """The last published state of each user, in the order asked.
+
+        Unknown users come back as ``UserState(user)`` (offline, since None, v 0).
+        """
+        ...
+
+    async def records(self, app: str, user: str) -> dict[str, DeviceRecord]:
+        """The device records of ``user`` (private: for tests and operators, never watchers)."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store is reachable; raise ``StoreUnavailable`` otherwise."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+
+class Broker(Protocol):
+    """The feed of published states, by interest.
+
+    Contract: after ``subscribe(app, users)`` returns, every state published for those users
+    is delivered to the handler (at most once, in publish order per user) until
+    ``unsubscribe``. When the feed is lost and restored, the reset handler runs once the
+    subscriptions are back, because states published meanwhile were missed.
+    """
+
+    def set_handlers(self, on_message: MessageHandler, on_reset: ResetHandler) -> None: ...
+
+    async def subscribe(self, app: str, users: Sequence[str]) -> None: ...
+
+    async def unsubscribe(self, app: str, users: Sequence[str]) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...

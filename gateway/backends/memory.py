@@ -1,0 +1,136 @@
+"""The in-memory backend: the whole presence map in one process.
+
+A product feature for single-process deployments and dev mode, not a test double: it keeps
+the same contract as Redis and passes the same contract tests. Nothing is shared between
+processes, so run exactly one gateway process with it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+
+from gateway.backends.base import (
+    ApplyResult,
+    MessageHandler,
+    PresenceSettings,
+    ResetHandler,
+)
+from gateway.model import (
+    DeviceRecord,
+    PresenceEvent,
+    UserState,
+    aggregate,
+    is_fresh,
+    merge,
+    next_version,
+    prune,
+    record_of,
+    state_encoder,
+)
+
+
+def clock_ms() -> int:
+    """Wall-clock time in ms since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+class _User:
+    __slots__ = ("records", "state")
+
+    def __init__(self, user: str) -> None:
+        self.records: dict[str, DeviceRecord] = {}
+        self.state = UserState(user)
+
+
+class MemoryBroker:
+    """Delivers published states to the local hub, by interest."""
+
+    def __init__(self) -> None:
+        self._subs: set[tuple[str, str]] = set()
+        self._on_message: MessageHandler | None = None
+
+    def set_handlers(self, on_message: MessageHandler, on_reset: ResetHandler) -> None:
+        self._on_message = on_message  # the in-process feed is never lost: no reset
+
+    async def subscribe(self, app: str, users: Sequence[str]) -> None:
+        self._subs.update((app, u) for u in users)
+
+    async def unsubscribe(self, app: str, users: Sequence[str]) -> None:
+        self._subs.difference_update((app, u) for u in users)
+
+    async def publish(self, app: str, user: str, payload: bytes) -> None:
+        if self._on_message is not None and (app, user) in self._subs:
+            result = self._on_message(app, user, payload)
+            if inspect.isawaitable(result):
+                await result
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._subs.clear()
+
+
+class MemoryStore:
+    """The presence map as a dict; apply runs without awaiting, so it is atomic per call."""
+
+    def __init__(self, settings: PresenceSettings, broker: MemoryBroker | None = None) -> None:
+        self.settings = settings
+        self.broker = broker or MemoryBroker()
+        self._users: dict[tuple[str, str], _User] = {}
+
+    async def apply(
+        self, app: str, events: Sequence[PresenceEvent], now_ms: int | None = None
+    ) -> ApplyResult:
+        now = clock_ms() if now_ms is None else now_ms
+        max_age = self.settings.max_event_age_s * 1000
+        retention = self.settings.session_retention_s * 1000
+        result = ApplyResult(published=[])
+        touched: dict[str, _User] = {}
+        for ev in events:
+            if not is_fresh(ev.time, now, max_age):
+                result.ignored += 1
+                continue
+            entry = self._users.get((app, ev.user))
+            if entry is None:
+                entry = self._users[(app, ev.user)] = _User(ev.user)
+            incoming = record_of(ev)
+            current = entry.records.get(ev.device)
+            if merge(current, incoming) is current:
+                result.ignored += 1
+                continue
+            entry.records[ev.device] = incoming
+            result.applied += 1
+            touched[ev.user] = entry
+        for user, entry in touched.items():
+            entry.records = prune(entry.records, now, retention)
+            fresh = aggregate(user, entry.records.values())
+            if fresh.visible() == entry.state.visible():
+                continue
+            entry.state = UserState(
+                user, fresh.status, fresh.since, fresh.devices, next_version(entry.state.v, now)
+            )
+            result.published.append(entry.state)
+        for state in result.published:
+            await self.broker.publish(app, state.user, state_encoder.encode(state))
+        return result
+
+    async def get(self, app: str, users: Sequence[str]) -> list[UserState]:
+        out = []
+        for user in users:
+            entry = self._users.get((app, user))
+            out.append(entry.state if entry is not None else UserState(user))
+        return out
+
+    async def records(self, app: str, user: str) -> dict[str, DeviceRecord]:
+        entry = self._users.get((app, user))
+        return dict(entry.records) if entry is not None else {}
+
+    async def ping(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
