@@ -17,7 +17,21 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 PLATFORMS = frozenset(
-    "ios android ipad apad harmonyos web miniprogram windows mac linux pc server unknown".split()
+    [
+        "ios",
+        "android",
+        "ipad",
+        "apad",
+        "harmonyos",
+        "web",
+        "miniprogram",
+        "windows",
+        "mac",
+        "linux",
+        "pc",
+        "server",
+        "unknown",
+    ]
 )
 
 _PLATFORM_ALIASES = {
@@ -125,7 +139,9 @@ def aggregate(user: str, records: Iterable[DeviceRecord], v: int = 0) -> UserSta
     return UserState(user, "offline", last_seen, [], v)
 
 
-def prune(records: Mapping[str, DeviceRecord], now_ms: int, retention_ms: int) -> dict[str, DeviceRecord]:
+def prune(
+    records: Mapping[str, DeviceRecord], now_ms: int, retention_ms: int
+) -> dict[str, DeviceRecord]:
     """Drop offline records (tombstones) older than the retention period."""
     cutoff = now_ms - retention_ms
     return {d: r for d, r in records.items() if r.online or r.time >= cutoff}

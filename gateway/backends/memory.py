@@ -133,4 +133,3 @@ class MemoryStore:
 
     async def close(self) -> None:
         pass
-
