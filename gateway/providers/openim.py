@@ -1,0 +1,138 @@
+"""OpenIM: the user online / offline / kick-off callbacks.
+
+OpenIM signs nothing; the only credential is an optional token the operator puts in the
+callback URL (``{url}/{token}``). The command comes from the path (v3.5+), ``?command=``
+(v3.0-3.4) or the body. The device key is the platform id (``connID`` is empty from
+v3.8.2); the event time is ``seq`` (the sender's clock in ms).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from gateway.model import normalize_platform
+from gateway.providers.base import (
+    Millis,
+    Parsed,
+    Provider,
+    ProviderConfig,
+    Reply,
+    WebhookRejected,
+    WebhookRequest,
+    decode,
+    event,
+    json_encoder,
+    query_value,
+    same_secret,
+)
+
+# command name -> (online, reason); both generations (v3.7+ "callbackAfter...").
+COMMANDS = {
+    "callbackUserOnlineCommand": (True, ""),
+    "callbackAfterUserOnlineCommand": (True, ""),
+    "callbackUserOfflineCommand": (False, ""),
+    "callbackAfterUserOfflineCommand": (False, ""),
+    "callbackUserKickOffCommand": (False, "kicked"),
+    "callbackAfterUserKickOffCommand": (False, "kicked"),
+}
+
+PLATFORM_IDS = {
+    1: "ios",
+    2: "android",
+    3: "windows",
+    4: "mac",
+    5: "web",
+    6: "miniprogram",
+    7: "linux",
+    8: "apad",
+    9: "ipad",
+    10: "server",
+    11: "harmonyos",
+}
+
+
+class OpenIMConfig(ProviderConfig, kw_only=True):
+    """``[apps.openim]``."""
+
+    token: str = ""  # non-empty: must be the first path segment after /webhooks/openim
+
+    def validate(self) -> None:
+        super().validate()
+        if "/" in self.token or self.token.strip() != self.token:
+            raise ValueError("token: must be one URL path segment (no '/', no spaces)")
+        if self.token in COMMANDS:
+            raise ValueError("token: must not be an OpenIM command name")
+
+
+_ID_OF = {name: pid for pid, name in PLATFORM_IDS.items()}
+_PLAUSIBLE_MS = 10**12  # 2001-09-09: a smaller seq is a counter (old docs), not a clock
+
+
+class _Command(msgspec.Struct):
+    command: str = msgspec.field(name="callbackCommand", default="")
+
+
+class _Body(msgspec.Struct):
+    user: str = msgspec.field(name="userID")
+    platform_id: int = msgspec.field(name="platformID", default=0)
+    platform: str = ""
+    seq: Millis = 0
+
+
+class OpenIMProvider(Provider):
+    """OpenIM user status webhooks."""
+
+    name = "openim"
+    config_type = OpenIMConfig
+    config: OpenIMConfig
+    takes_path = True
+
+    def _segments(self, req: WebhookRequest) -> list[str]:
+        """The path segments after the token (empty segments dropped)."""
+        segments = [s for s in req.path if s]
+        if self.config.token:
+            return segments[1:]
+        if len(segments) == 2:  # a token the config does not ask for: ignored
+            return segments[1:]
+        return segments
+
+    def verify(self, req: WebhookRequest) -> None:
+        token = self.config.token
+        if not token:
+            return
+        segments = [s for s in req.path if s]
+        if not segments or not same_secret(segments[0], token):
+            raise WebhookRejected(401, "invalid token")
+
+    def parse(self, req: WebhookRequest) -> Parsed:
+        segments = self._segments(req)
+        if len(segments) > 1:
+            raise WebhookRejected(400, "unexpected path")
+        candidates = [*segments, query_value(req, "command", fold=True) or ""]
+        command = next((c for c in candidates if c in COMMANDS), "")
+        if not command:
+            command = decode(req.body, _Command).command
+        if command not in COMMANDS:
+            if command or any(candidates):
+                return Parsed(unused=1, command="other")
+            raise WebhookRejected(400, "malformed body: missing callbackCommand")
+        online, reason = COMMANDS[command]
+        body: _Body = decode(req.body, _Body)
+        name = normalize_platform(body.platform)
+        pid = body.platform_id or _ID_OF.get(name, 0)
+        platform = PLATFORM_IDS.get(pid, name)
+        time = body.seq if body.seq >= _PLAUSIBLE_MS else req.now_ms
+        ev = event(body.user, str(pid), platform, online, time, reason)
+        return Parsed(events=[ev], command=command)
+
+    def ok(self) -> Reply:
+        return Reply(200, _ack(0, 0, ""))
+
+    def error(self, status: int, reason: str) -> Reply:
+        return Reply(status, _ack(1, status, reason))
+
+
+def _ack(action: int, code: int, message: str) -> bytes:
+    return json_encoder.encode(
+        {"actionCode": action, "errCode": code, "errMsg": message, "errDlt": "", "nextCode": 0}
+    )

@@ -1,0 +1,124 @@
+"""RongCloud: the user online status subscription.
+
+The signature (query string; the same names are also read from headers) covers only the
+app secret, a nonce and a timestamp, so the timestamp must be fresh. The device key is
+``sessionId``; ``clientIp`` is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from gateway.model import normalize_platform
+from gateway.providers.base import (
+    Millis,
+    Parsed,
+    Provider,
+    ProviderConfig,
+    Reply,
+    WebhookRejected,
+    WebhookRequest,
+    decode,
+    event,
+    json_encoder,
+    same_secret,
+)
+
+COMMAND = "online_status"
+_SECONDS_BELOW = 10**11  # a timestamp under this is in seconds (10**11 ms is in 1973)
+_STATUS = {"0": (True, ""), "1": (False, "offline"), "2": (False, "logout")}
+
+# Accepted names of each signature field: current, older (signTimestamp), and rc-*.
+_APP_KEY = ("appkey", "rc-app-key", "rc-appkey", "app-key")
+_NONCE = ("nonce", "rc-nonce")
+_TIMESTAMP = ("timestamp", "signtimestamp", "rc-timestamp")
+_SIGNATURE = ("signature", "rc-signature")
+
+
+class RongCloudConfig(ProviderConfig, kw_only=True):
+    """``[apps.rongcloud]``."""
+
+    app_key: str
+    app_secret: str
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.app_key:
+            raise ValueError("app_key: must not be empty")
+        if not self.app_secret:
+            raise ValueError("app_secret: must not be empty")
+
+
+class _Event(msgspec.Struct):
+    userid: str
+    status: str | int
+    os: str = ""
+    time: Millis | None = None
+    session_id: str = msgspec.field(name="sessionId", default="")
+
+
+def sign(app_secret: str, nonce: str, timestamp: int | str) -> str:
+    """RongCloud's ``signature``: sha1 hex of app secret, nonce and timestamp."""
+    return hashlib.sha1(f"{app_secret}{nonce}{timestamp}".encode()).hexdigest()
+
+
+def _param(req: WebhookRequest, names: tuple[str, ...]) -> str | None:
+    """A signature field from the query (names case-insensitive), else from the headers."""
+    for key, value in req.query:
+        if key.lower() in names:
+            return value
+    for name in names:
+        if name in req.headers:
+            return req.headers[name]
+    return None
+
+
+class RongCloudProvider(Provider):
+    """RongCloud online status webhooks."""
+
+    name = "rongcloud"
+    config_type = RongCloudConfig
+    config: RongCloudConfig
+
+    def verify(self, req: WebhookRequest) -> None:
+        app_key = _param(req, _APP_KEY)
+        if app_key is not None and not same_secret(app_key, self.config.app_key):
+            raise WebhookRejected(401, "unknown appKey")
+        nonce = _param(req, _NONCE)
+        timestamp = _param(req, _TIMESTAMP)
+        signature = _param(req, _SIGNATURE)
+        if not nonce or not timestamp or not signature:
+            raise WebhookRejected(401, "missing nonce, timestamp or signature")
+        if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 16:
+            raise WebhookRejected(401, "invalid timestamp")
+        ts = int(timestamp)
+        ts_ms = ts * 1000 if ts < _SECONDS_BELOW else ts
+        if abs(req.now_ms - ts_ms) > self.settings.max_event_age_s * 1000:
+            raise WebhookRejected(401, "stale timestamp")
+        expected = sign(self.config.app_secret, nonce, timestamp)
+        if not same_secret(signature.lower(), expected):
+            raise WebhookRejected(401, "invalid signature")
+
+    def parse(self, req: WebhookRequest) -> Parsed:
+        decoded: list[_Event] | _Event = decode(req.body, list[_Event] | _Event)
+        items = decoded if isinstance(decoded, list) else [decoded]
+        parsed = Parsed(command=COMMAND)
+        for item in items:
+            state = _STATUS.get(str(item.status).strip())
+            if state is None:
+                parsed.unused += 1
+                continue
+            online, reason = state
+            device = item.session_id or item.os
+            time = req.now_ms if item.time is None else item.time
+            platform = normalize_platform(item.os)
+            parsed.events.append(event(item.userid, device, platform, online, time, reason))
+        return parsed
+
+    def ok(self) -> Reply:
+        return Reply(200, json_encoder.encode({"code": 200}))
+
+    def error(self, status: int, reason: str) -> Reply:
+        return Reply(status, json_encoder.encode({"code": status, "error": reason}))

@@ -1,0 +1,131 @@
+"""Tencent Cloud IM: the ``State.StateChange`` callback.
+
+Tencent posts every callback of an app to one URL, so commands other than
+``State.StateChange`` are acked and counted as unused. The device key is the platform
+(``OptPlatform``); devices listed in ``KickedDevice`` go offline with reason ``kicked``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from gateway.model import PLATFORMS, normalize_platform
+from gateway.providers.base import (
+    Millis,
+    Parsed,
+    Provider,
+    ProviderConfig,
+    Reply,
+    WebhookRejected,
+    WebhookRequest,
+    clip,
+    decode,
+    event,
+    json_encoder,
+    query_value,
+    same_secret,
+)
+
+COMMAND = "State.StateChange"
+MAX_SKEW_S = 60  # Tencent's advice for RequestTime
+
+
+class TencentConfig(ProviderConfig, kw_only=True):
+    """``[apps.tencent]``."""
+
+    sdkappid: int
+    callback_token: str = ""  # non-empty: Sign and RequestTime are required
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sdkappid <= 0:
+            raise ValueError("sdkappid: must be a positive integer")
+
+
+class _Info(msgspec.Struct):
+    Action: str = ""
+    To_Account: str = ""
+    Reason: str = ""
+
+
+class _Kicked(msgspec.Struct):
+    Platform: str = ""
+
+
+class _Body(msgspec.Struct):
+    Info: _Info
+    EventTime: Millis | None = None
+    KickedDevice: list[_Kicked] | None = None
+
+
+class _Command(msgspec.Struct):
+    CallbackCommand: str = ""
+
+
+def sign(token: str, request_time: int | str) -> str:
+    """Tencent's callback ``Sign``: sha256 hex of the token followed by RequestTime."""
+    return hashlib.sha256(f"{token}{request_time}".encode()).hexdigest()
+
+
+class TencentProvider(Provider):
+    """Tencent IM ``State.StateChange`` webhooks."""
+
+    name = "tencent"
+    config_type = TencentConfig
+    config: TencentConfig
+
+    def verify(self, req: WebhookRequest) -> None:
+        appid = query_value(req, "SdkAppid", fold=True)
+        if appid is None or appid.strip() != str(self.config.sdkappid):
+            raise WebhookRejected(401, "unknown SdkAppid")
+        token = self.config.callback_token
+        if not token:
+            return
+        signature = query_value(req, "Sign", fold=True)
+        request_time = query_value(req, "RequestTime", fold=True)
+        if not signature or not request_time:
+            raise WebhookRejected(401, "missing Sign or RequestTime")
+        if not request_time.isascii() or not request_time.isdigit():
+            raise WebhookRejected(401, "invalid RequestTime")
+        if abs(req.now_ms - int(request_time) * 1000) > MAX_SKEW_S * 1000:
+            raise WebhookRejected(401, "stale RequestTime")
+        if not same_secret(signature.lower(), sign(token, request_time)):
+            raise WebhookRejected(401, "invalid Sign")
+
+    def parse(self, req: WebhookRequest) -> Parsed:
+        command = query_value(req, "CallbackCommand", fold=True)
+        if command is None:
+            command = decode(req.body, _Command).CallbackCommand
+        if command != COMMAND:
+            return Parsed(unused=1, command="other")
+        body: _Body = decode(req.body, _Body)
+        info = body.Info
+        time = req.now_ms if body.EventTime is None else body.EventTime
+        reason = clip(info.Reason.lower(), 32)
+        if info.Action == "Login":
+            online = True
+        elif info.Action in ("Logout", "Disconnect"):
+            online = False
+        else:  # CustomStatusChange and anything newer
+            return Parsed(unused=1, command=COMMAND)
+        platform = normalize_platform(query_value(req, "OptPlatform", fold=True) or "")
+        if not online and info.Reason == "OpenKickInstance":
+            # The admin kick API ends every login of the account, whatever OptPlatform says.
+            events = [event(info.To_Account, p, p, False, time, reason) for p in sorted(PLATFORMS)]
+            return Parsed(events=events, command=COMMAND)
+        events = [event(info.To_Account, platform, platform, online, time, reason)]
+        for kicked in body.KickedDevice or ():
+            p = normalize_platform(kicked.Platform)
+            events.append(event(info.To_Account, p, p, False, time, "kicked"))
+        return Parsed(events=events, command=COMMAND)
+
+    def ok(self) -> Reply:
+        return Reply(
+            200, json_encoder.encode({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""})
+        )
+
+    def error(self, status: int, reason: str) -> Reply:
+        body = {"ActionStatus": "FAIL", "ErrorCode": 1, "ErrorInfo": reason}
+        return Reply(status, json_encoder.encode(body))
