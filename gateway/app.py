@@ -1,0 +1,148 @@
+"""``create_app(settings)``: the Starlette application; its lifespan owns the store and broker."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import api, webhooks
+from gateway.backends import open_backend
+from gateway.backends.base import Broker, PresenceStore
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.providers import PROVIDERS
+from gateway.providers.base import Provider
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+class Gateway:
+    """The running gateway's parts, shared by every route."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store: PresenceStore
+        self.broker: Broker
+        self.store, self.broker = open_backend(settings)
+        self.providers: dict[tuple[str, str], Provider] = {
+            (app.id, name): PROVIDERS[name](table, settings.presence)
+            for app in settings.apps.values()
+            for name, table in app.providers().items()
+        }
+
+    async def start(self) -> None:
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.close()
+        await self.store.close()
+
+
+_SECRET_PATH = re.compile(r"(/webhooks/openim)/[^?]*")
+
+
+def redact_path(path: str) -> str:
+    """A path safe to log: OpenIM may carry its token as a path segment."""
+    return _SECRET_PATH.sub(r"\1/…", path)
+
+
+class AccessLog:
+    """One line per HTTP request, with secrets redacted and no query string (signatures)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                redact_path(scope["path"]),
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the gateway for ``settings``; nothing connects until the lifespan starts."""
+    gw = Gateway(settings)
+
+    def bind(
+        fn: Callable[[Request, Gateway], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await fn(request, gw)
+
+        return endpoint
+
+    async def webhook(request: Request) -> Response:
+        app_id = request.path_params["app"]
+        provider = gw.providers.get((app_id, request.path_params["provider"]))
+        if provider is None:
+            return JSONResponse({"error": "unknown app or provider"}, status_code=404)
+        return await webhooks.handle(request, app_id, provider, gw.store, gw.metrics)
+
+    async def index(request: Request) -> Response:
+        if not settings.dev_mode:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return FileResponse(WEB_DIR / "index.html")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.dev_mode:
+            log.warning(
+                "DEV MODE: no config file, app 'demo' with well-known secrets and dev tokens; "
+                "not for production (set PRESENCE_CONFIG or --config)"
+            )
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    hook = "/v1/apps/{app}/webhooks/{provider}"
+    routes: list[BaseRoute] = [
+        Route(hook, webhook, methods=["POST"]),
+        Route(hook + "/{rest:path}", webhook, methods=["POST"]),
+        Route("/v1/apps/{app}/presence", bind(api.presence), methods=["GET"]),
+        Route("/v1/apps/{app}/dev-token", bind(api.dev_token), methods=["GET"]),
+        Route("/healthz", bind(api.healthz), methods=["GET"]),
+        Route("/readyz", bind(api.readyz), methods=["GET"]),
+        Route("/metrics", bind(api.metrics), methods=["GET"]),
+        Route("/", index, methods=["GET"]),
+    ]
+    if WEB_DIR.is_dir():
+        routes.append(Mount("/web", app=StaticFiles(directory=WEB_DIR), name="web"))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.gateway = gw
+    app.add_middleware(AccessLog)
+    return app

@@ -1,0 +1,78 @@
+"""``presence-gateway serve | check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway import config
+from gateway.errors import ConfigError
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="presence-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument(
+        "--config", help="TOML config file (default: $PRESENCE_CONFIG, else dev mode)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: $PORT, else 8000)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    check = sub.add_parser("check-config", help="validate a config file without starting")
+    check.add_argument("file")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = config.load(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    port = args.port if args.port is not None else int(os.environ.get("PORT", "8000"))
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=port,
+        access_log=False,  # gateway.access logs requests with secrets redacted
+        log_config=None,
+        server_header=False,
+        ws_max_size=64 * 1024,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = config.parse_file(args.file)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    backend = (
+        "redis cluster"
+        if settings.redis and settings.redis.cluster
+        else ("redis" if settings.redis else "memory")
+    )
+    print(f"{args.file}: ok ({len(settings.apps)} app(s), backend {backend})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return check_config(args)

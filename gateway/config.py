@@ -1,0 +1,158 @@
+"""Settings: the only reader of the environment and the TOML config file (SPEC section 2)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from gateway.backends.base import PresenceSettings
+from gateway.errors import ConfigError
+from gateway.providers import CONFIGS
+from gateway.providers.base import ProviderConfig
+from gateway.providers.openim import OpenIMConfig
+from gateway.providers.rongcloud import RongCloudConfig
+from gateway.providers.standard import StandardConfig
+from gateway.providers.tencent import TencentConfig
+
+log = logging.getLogger(__name__)
+
+APP_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Secret = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[redis]`` table; absent means the in-memory backend."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")]
+    cluster: bool = False
+
+
+class AppConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[apps]]`` entry: an isolated tenant with its own secrets and providers."""
+
+    id: Annotated[str, msgspec.Meta(pattern=APP_ID_PATTERN)]
+    client_secret: Secret
+    api_key: Secret
+    watch_policy: Literal["open", "token"] = "open"
+    max_watch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    allowed_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    dev_tokens: bool = False
+    tencent: TencentConfig | None = None
+    rongcloud: RongCloudConfig | None = None
+    openim: OpenIMConfig | None = None
+    standard: StandardConfig | None = None
+
+    def providers(self) -> dict[str, ProviderConfig]:
+        """The configured provider tables by provider name."""
+        tables = {name: getattr(self, name) for name in CONFIGS}
+        return {name: cfg for name, cfg in tables.items() if cfg is not None}
+
+    def __repr__(self) -> str:  # never show secrets, even in a debugger or a traceback
+        return f"AppConfig(id={self.id!r}, providers={sorted(self.providers())})"
+
+
+class _File(msgspec.Struct, forbid_unknown_fields=True):
+    apps: Annotated[list[AppConfig], msgspec.Meta(min_length=1)]
+    redis: RedisConfig | None = None
+    presence: PresenceSettings = PresenceSettings()
+
+
+class Settings(msgspec.Struct, frozen=True):
+    """Everything the gateway needs to start."""
+
+    apps: dict[str, AppConfig]
+    presence: PresenceSettings = PresenceSettings()
+    redis: RedisConfig | None = None
+    source: str = "<dev mode>"
+    dev_mode: bool = False
+
+
+DEV_STANDARD_SECRET = "whsec_ZGV2LW9ubHktc3RhbmRhcmQtd2ViaG9va3Mtc2VjcmV0"
+
+
+def dev_settings(redis_url: str | None = None) -> Settings:
+    """Dev mode: one app ``demo`` with well-known secrets, in memory unless REDIS_URL is set."""
+    app = AppConfig(
+        id="demo",
+        client_secret="dev-client-secret",
+        api_key="dev-api-key",
+        dev_tokens=True,
+        tencent=TencentConfig(sdkappid=1400000000),
+        rongcloud=RongCloudConfig(app_key="demo-app-key", app_secret="demo-app-secret"),
+        openim=OpenIMConfig(),
+        standard=StandardConfig(secret=DEV_STANDARD_SECRET),
+    )
+    redis = RedisConfig(url=redis_url) if redis_url else None
+    return Settings(apps={"demo": app}, redis=redis, dev_mode=True)
+
+
+def _key_of(path: str) -> str:
+    """Turn msgspec's ``$.apps[0].tencent`` into ``apps[0].tencent``."""
+    return path.removeprefix("$").removeprefix(".") or "<top level>"
+
+
+def parse(text: str, source: str, env: Mapping[str, str] | None = None) -> Settings:
+    """Parse and validate a TOML config; every error names the key and the file."""
+    env = os.environ if env is None else env
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("<syntax>", str(exc), source) from None
+    try:
+        data = msgspec.convert(raw, _File)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = re.search(r" - at `([^`]*)`$", message)
+        key = _key_of(match.group(1)) if match else "<top level>"
+        reason = message[: match.start()] if match else message
+        raise ConfigError(key, reason, source) from None
+    apps: dict[str, AppConfig] = {}
+    for i, app in enumerate(data.apps):
+        if app.id in apps:
+            raise ConfigError(f"apps[{i}].id", f"duplicate app id {app.id!r}", source)
+        for name, table in app.providers().items():
+            try:
+                table.validate()
+            except ValueError as exc:
+                key, _, reason = str(exc).partition(": ")
+                raise ConfigError(f"apps[{i}].{name}.{key}", reason or "invalid", source) from None
+        apps[app.id] = app
+    p = data.presence
+    for key in ("offline_grace_ms", "session_retention_s", "max_event_age_s"):
+        if getattr(p, key) < 0:
+            raise ConfigError(f"presence.{key}", "must be >= 0", source)
+    if p.session_retention_s < p.max_event_age_s:
+        raise ConfigError(
+            "presence.session_retention_s",
+            "must be >= max_event_age_s (a tombstone must outlive every event it can beat)",
+            source,
+        )
+    redis = data.redis
+    if url := env.get("REDIS_URL"):
+        redis = RedisConfig(url=url, cluster=redis.cluster if redis else False)
+    return Settings(apps=apps, presence=p, redis=redis, source=source)
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``path``, else ``PRESENCE_CONFIG``, else dev mode."""
+    env = os.environ if env is None else env
+    path = path or env.get("PRESENCE_CONFIG") or None
+    if path is None:
+        return dev_settings(env.get("REDIS_URL") or None)
+    return parse_file(path, env)
+
+
+def parse_file(path: str, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the TOML file at ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read: {exc.strerror}", path) from None
+    return parse(text, path, env)

@@ -1,0 +1,125 @@
+"""Config loading: TOML, environment, dev mode, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import config
+from gateway.cli import main
+from gateway.errors import ConfigError
+
+GOOD = """
+[redis]
+url = "redis://127.0.0.1:6379/0"
+
+[presence]
+offline_grace_ms = 1500
+
+[[apps]]
+id = "acme"
+client_secret = "cs"
+api_key = "ak"
+watch_policy = "token"
+
+[apps.tencent]
+sdkappid = 1400000001
+callback_token = "tok"
+
+[apps.rongcloud]
+app_key = "k"
+app_secret = "s"
+
+[apps.openim]
+
+[apps.standard]
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+"""
+
+
+def test_good_file_parses() -> None:
+    """A complete config yields the apps, providers, presence windows and Redis URL."""
+    s = config.parse(GOOD, "gw.toml", env={})
+    assert list(s.apps) == ["acme"]
+    app = s.apps["acme"]
+    assert app.watch_policy == "token"
+    assert sorted(app.providers()) == ["openim", "rongcloud", "standard", "tencent"]
+    assert s.presence.offline_grace_ms == 1500
+    assert s.redis is not None and s.redis.url == "redis://127.0.0.1:6379/0"
+    assert not s.dev_mode
+
+
+def test_redis_url_env_overrides_file() -> None:
+    """REDIS_URL replaces [redis] url."""
+    s = config.parse(GOOD, "gw.toml", env={"REDIS_URL": "redis://10.0.0.1:7000/1"})
+    assert s.redis is not None and s.redis.url == "redis://10.0.0.1:7000/1"
+
+
+def test_no_redis_table_means_memory() -> None:
+    """Without [redis] and REDIS_URL the in-memory backend is used."""
+    text = GOOD.split("[presence]")[1]
+    s = config.parse("[presence]" + text, "gw.toml", env={})
+    assert s.redis is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (GOOD.replace('id = "acme"', 'id = "acme"\ncolour = "red"'), "apps[0]"),
+        (GOOD.replace("sdkappid = 1400000001", 'sdkappid = "x"'), "apps[0].tencent.sdkappid"),
+        (GOOD.replace('client_secret = "cs"\n', ""), "apps[0]"),
+        (GOOD.replace('api_key = "ak"', 'api_key = ""'), "apps[0].api_key"),
+        (GOOD.replace('id = "acme"', 'id = "a c"'), "apps[0].id"),
+        (GOOD.replace('watch_policy = "token"', 'watch_policy = "closed"'), "watch_policy"),
+        (GOOD.replace("offline_grace_ms = 1500", "offline_grace_ms = -1"), "offline_grace_ms"),
+        (GOOD.replace("offline_grace_ms = 1500", "session_retention_s = 10"), "retention"),
+        (GOOD + GOOD.split("[presence]\noffline_grace_ms = 1500")[1], "apps[1].id"),
+        ("[[apps]\n", "<syntax>"),
+        ("", "apps"),
+    ],
+)
+def test_errors_name_key_and_file(text: str, key: str) -> None:
+    """Unknown keys, wrong types, missing secrets and duplicates are errors naming key and file."""
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, "gw.toml", env={})
+    assert "gw.toml" in str(info.value)
+    assert key in str(info.value)
+
+
+def test_errors_never_show_secrets() -> None:
+    """A config error message does not echo the secrets of the file."""
+    text = GOOD.replace("sdkappid = 1400000001", 'sdkappid = "x"')
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, "gw.toml", env={})
+    for secret in ("tok", '"cs"', '"ak"', "whsec_"):
+        assert secret not in str(info.value)
+    assert "cs" not in repr(config.parse(GOOD, "gw.toml", env={}).apps["acme"])
+
+
+def test_dev_mode_without_config() -> None:
+    """No config file and no PRESENCE_CONFIG: dev mode, app demo, memory, dev tokens."""
+    s = config.load(None, env={})
+    assert s.dev_mode and s.redis is None
+    assert s.apps["demo"].dev_tokens
+
+
+def test_presence_config_env(tmp_path: Path) -> None:
+    """PRESENCE_CONFIG names the file to load."""
+    f = tmp_path / "gw.toml"
+    f.write_text(GOOD)
+    s = config.load(None, env={"PRESENCE_CONFIG": str(f)})
+    assert s.source == str(f) and "acme" in s.apps
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`presence-gateway check-config` exits 0 on a good file and 2 naming the key on a bad one."""
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    assert main(["check-config", str(good)]) == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("max_watch", "x").replace('api_key = "ak"', "api_key = 1"))
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml" in err and "apps[0].api_key" in err
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 2
