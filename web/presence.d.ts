@@ -1,0 +1,137 @@
+// Type declarations for web/presence.js (the presence gateway browser client, SPEC §5 and §7).
+
+/** One online device of a user. Device and session ids are never exposed to watchers. */
+export interface PresenceDevice {
+  /** Lower-case platform name: ios, android, ipad, apad, harmonyos, web, miniprogram, windows, mac, linux, pc, server, unknown. */
+  readonly platform: string;
+  /** ms time at which this device came online. */
+  readonly since: number;
+}
+
+/** What watchers see of a user (SPEC §4). Instances handed out by the client are frozen. */
+export interface PresenceState {
+  readonly user: string;
+  /** `online` if at least one device is online. */
+  readonly status: "online" | "offline";
+  /** ms time at which the current status began (for offline: last seen); `null` if never seen. */
+  readonly since: number | null;
+  /** The online devices. */
+  readonly devices: readonly PresenceDevice[];
+  /** Per-user version; increases with every published change. */
+  readonly v: number;
+}
+
+/** Connection state of a {@link PresenceClient}. */
+export type PresenceConnectionStatus = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** Why the token function is being called. */
+export interface TokenContext {
+  /** `"rejected"` after the server closed with 4001 (bad or expired token): do not reuse a cached token. */
+  reason: "initial" | "reconnect" | "rejected";
+}
+
+/** Reconnect backoff: full jitter over `min(maxMs, initialMs * 2^attempt)`. */
+export interface BackoffOptions {
+  /** Default 500. */
+  initialMs?: number;
+  /** Default 30000. */
+  maxMs?: number;
+  /** A connection that stayed open this long resets the attempt count. Default 10000. */
+  resetAfterMs?: number;
+}
+
+export interface PresenceClientOptions {
+  /** WebSocket endpoint, e.g. `wss://host/v1/apps/demo/ws`; relative and http(s) URLs are resolved against the page. */
+  url: string | URL;
+  /** Returns a client JWT; called on every (re)connect. A plain string is accepted for tests. */
+  token: ((ctx: TokenContext) => string | Promise<string>) | string;
+  backoff?: BackoffOptions;
+  /** WebSocket constructor; defaults to the global one. */
+  WebSocket?: typeof WebSocket;
+}
+
+/** Detail of the `status` event. */
+export interface PresenceStatusDetail {
+  status: PresenceConnectionStatus;
+  previous: PresenceConnectionStatus;
+  /** Reconnect attempts since the last connection that stayed up. */
+  attempt: number;
+  /** With `reconnecting`: the delay before the next attempt. */
+  delayMs?: number;
+  /** Close code of the connection that ended, when there was one. */
+  code?: number;
+  reason?: string;
+  /** With `open`: the authenticated user. */
+  user?: string | null;
+}
+
+/** Detail of the `error` event. */
+export interface PresenceErrorDetail {
+  /**
+   * `limit`, `forbidden`, `bad_request`, `unknown_type` (server refusals, or `limit` when the
+   * watch set exceeds `max_watch`); `unauthorized` (4001, retrying); `token` (token function
+   * failed, retrying); `origin_not_allowed` (4003) and `too_large_or_too_many` (4009), both fatal;
+   * `bad_url` (fatal).
+   */
+  code: string;
+  message: string;
+  /** `true`: the client stopped (status `closed`) and will not reconnect. */
+  fatal: boolean;
+  /** Users a refused or over-limit watch concerned. */
+  users?: string[];
+  closeCode?: number;
+}
+
+export interface PresenceClientEventMap {
+  status: CustomEvent<PresenceStatusDetail>;
+  error: CustomEvent<PresenceErrorDetail>;
+}
+
+/** Live presence of a set of users over one WebSocket, with reconnects. */
+export class PresenceClient extends EventTarget {
+  constructor(options: PresenceClientOptions);
+
+  /** Current connection state. */
+  readonly status: PresenceConnectionStatus;
+  /** The authenticated user from `welcome`, or `null` before it. */
+  readonly user: string | null;
+  /** Users one connection may watch, from `welcome`. */
+  readonly maxWatch: number;
+  /** Users currently watched through this client. */
+  readonly watching: string[];
+
+  /** Open the connection now (the first `watch()` does this implicitly). */
+  connect(): void;
+  /**
+   * Watch users; `onChange` gets every new state (the snapshot included). Calls in the same tick
+   * are batched into one message. Returns a function that removes this subscription.
+   */
+  watch(users: string | Iterable<string>, onChange: (state: PresenceState) => void): () => void;
+  /** Stop watching users entirely, whoever subscribed to them. */
+  unwatch(users: string | Iterable<string>): void;
+  /** Last known state of a watched user, or `undefined`. */
+  state(user: string): PresenceState | undefined;
+  /** Stop for good. */
+  close(): void;
+
+  addEventListener<K extends keyof PresenceClientEventMap>(
+    type: K,
+    listener: (this: PresenceClient, ev: PresenceClientEventMap[K]) => unknown,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  removeEventListener<K extends keyof PresenceClientEventMap>(
+    type: K,
+    listener: (this: PresenceClient, ev: PresenceClientEventMap[K]) => unknown,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+}
