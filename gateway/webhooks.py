@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -65,7 +64,7 @@ async def handle(
             return to_response(provider.error(413, "body over 1 MiB"))
         rest = request.path_params.get("rest", "")
         req = WebhookRequest(
-            path=tuple(unquote(s) for s in rest.split("/") if s),
+            path=tuple(s for s in rest.split("/") if s),  # Starlette already decoded it
             query=tuple(request.query_params.multi_items()),
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
