@@ -12,17 +12,20 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from gateway import api, webhooks
 from gateway.backends import open_backend
 from gateway.backends.base import Broker, PresenceStore
 from gateway.config import Settings
+from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.providers import PROVIDERS
 from gateway.providers.base import Provider
+from gateway.session import Session
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
@@ -39,6 +42,7 @@ class Gateway:
         self.store: PresenceStore
         self.broker: Broker
         self.store, self.broker = open_backend(settings)
+        self.hub = Hub(self.store, self.broker, self.metrics)
         self.providers: dict[tuple[str, str], Provider] = {
             (app.id, name): PROVIDERS[name](table, settings.presence)
             for app in settings.apps.values()
@@ -46,10 +50,12 @@ class Gateway:
         }
 
     async def start(self) -> None:
+        await self.hub.start()
         await self.broker.start()
 
     async def stop(self) -> None:
         await self.broker.close()
+        await self.hub.stop()
         await self.store.close()
 
 
@@ -111,6 +117,13 @@ def create_app(settings: Settings) -> Starlette:
             return JSONResponse({"error": "unknown app or provider"}, status_code=404)
         return await webhooks.handle(request, app_id, provider, gw.store, gw.metrics)
 
+    async def websocket(ws: WebSocket) -> None:
+        app_cfg = settings.apps.get(ws.path_params["app"])
+        if app_cfg is None:
+            await ws.close(1008, "unknown app")  # before accept: the handshake gets 403
+            return
+        await Session(ws, app_cfg, gw.hub).run()
+
     async def index(request: Request) -> Response:
         if not settings.dev_mode:
             return JSONResponse({"error": "not found"}, status_code=404)
@@ -133,6 +146,7 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         Route(hook, webhook, methods=["POST"]),
         Route(hook + "/{rest:path}", webhook, methods=["POST"]),
+        WebSocketRoute("/v1/apps/{app}/ws", websocket),
         Route("/v1/apps/{app}/presence", bind(api.presence), methods=["GET"]),
         Route("/v1/apps/{app}/dev-token", bind(api.dev_token), methods=["GET"]),
         Route("/healthz", bind(api.healthz), methods=["GET"]),

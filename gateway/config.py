@@ -38,7 +38,7 @@ class AppConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     """One ``[[apps]]`` entry: an isolated tenant with its own secrets and providers."""
 
     id: Annotated[str, msgspec.Meta(pattern=APP_ID_PATTERN)]
-    client_secret: Secret
+    client_secret: Annotated[str, msgspec.Meta(min_length=32)]  # HS256 wants >= 32 bytes
     api_key: Secret
     watch_policy: Literal["open", "token"] = "open"
     max_watch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
@@ -81,7 +81,7 @@ def dev_settings(redis_url: str | None = None) -> Settings:
     """Dev mode: one app ``demo`` with well-known secrets, in memory unless REDIS_URL is set."""
     app = AppConfig(
         id="demo",
-        client_secret="dev-client-secret",
+        client_secret="dev-client-secret-not-for-production",
         api_key="dev-api-key",
         dev_tokens=True,
         tencent=TencentConfig(sdkappid=1400000000),

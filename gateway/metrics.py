@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 _FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -30,16 +30,6 @@ class Metrics:
         )
         self.states_published = Counter(
             "presence_states_published", "User states published", registry=r
-        )
-        self.connections = Gauge("presence_connections", "Open WebSocket connections", registry=r)
-        self.watched_users = Gauge(
-            "presence_watched_users", "Distinct users watched on this node", registry=r
-        )
-        self.messages_sent = Counter(
-            "presence_messages_sent", "WebSocket messages sent", ["type"], registry=r
-        )
-        self.slow_closes = Counter(
-            "presence_slow_consumer_closes", "Clients closed with 4008", registry=r
         )
         self.feed_resets = Counter(
             "presence_feed_resets", "Times the pub/sub feed was lost and restored", registry=r

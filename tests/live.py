@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import uvicorn
 from starlette.applications import Starlette
 
+from gateway import cli
 from gateway.app import create_app
 from gateway.config import Settings
 
@@ -36,15 +37,8 @@ async def serve(settings: Settings, **uvicorn_options: object) -> AsyncIterator[
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        ws_max_size=64 * 1024,
-        timeout_graceful_shutdown=2,
-        **uvicorn_options,  # type: ignore[arg-type]
-    )
+    options = {**cli.uvicorn_options(), "timeout_graceful_shutdown": 2, **uvicorn_options}
+    config = uvicorn.Config(app, log_config=None, lifespan="on", **options)
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -19,7 +19,7 @@ offline_grace_ms = 1500
 
 [[apps]]
 id = "acme"
-client_secret = "cs"
+client_secret = "cs-0123456789abcdef0123456789abcdef"
 api_key = "ak"
 watch_policy = "token"
 
@@ -68,7 +68,8 @@ def test_no_redis_table_means_memory() -> None:
     [
         (GOOD.replace('id = "acme"', 'id = "acme"\ncolour = "red"'), "apps[0]"),
         (GOOD.replace("sdkappid = 1400000001", 'sdkappid = "x"'), "apps[0].tencent.sdkappid"),
-        (GOOD.replace('client_secret = "cs"\n', ""), "apps[0]"),
+        (GOOD.replace('client_secret = "cs-0123456789abcdef0123456789abcdef"\n', ""), "apps[0]"),
+        (GOOD.replace("cs-0123456789abcdef0123456789abcdef", "short"), "apps[0].client_secret"),
         (GOOD.replace('api_key = "ak"', 'api_key = ""'), "apps[0].api_key"),
         (GOOD.replace('id = "acme"', 'id = "a c"'), "apps[0].id"),
         (GOOD.replace('watch_policy = "token"', 'watch_policy = "closed"'), "watch_policy"),
@@ -92,9 +93,9 @@ def test_errors_never_show_secrets() -> None:
     text = GOOD.replace("sdkappid = 1400000001", 'sdkappid = "x"')
     with pytest.raises(ConfigError) as info:
         config.parse(text, "gw.toml", env={})
-    for secret in ("tok", '"cs"', '"ak"', "whsec_"):
+    for secret in ("tok", "cs-0123", '"ak"', "whsec_"):
         assert secret not in str(info.value)
-    assert "cs" not in repr(config.parse(GOOD, "gw.toml", env={}).apps["acme"])
+    assert "cs-0123" not in repr(config.parse(GOOD, "gw.toml", env={}).apps["acme"])
 
 
 def test_dev_mode_without_config() -> None:

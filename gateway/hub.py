@@ -1,0 +1,270 @@
+"""The node's fan-out: a local index user → sessions, interest-based subscriptions, one flush.
+
+- Interest: the node subscribes in the broker only to users some local session watches,
+  refcounted (first watcher subscribes, the last one leaving schedules an unsubscribe); one
+  subscribe call per watch request and one batched unsubscribe per tick.
+- Fan-out: a published state is framed once and the same bytes are queued on every watching
+  session without awaiting anything; sessions keep only the latest unsent state per user.
+- Flush: dirty sessions are flushed together, at once when the node is idle and on a short
+  tick under load, so a busy connection gets many states in one write.
+- Feed loss: when the broker reports a reset, every session gets a ``resync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.backends.base import Broker, PresenceStore
+from gateway.errors import StoreUnavailable
+from gateway.metrics import Metrics
+from gateway.model import UserState
+from gateway.protocol import presence_frame
+
+if TYPE_CHECKING:
+    from gateway.session import Session
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (app, user)
+
+FLUSH_TICK = 0.002  # seconds between flushes under load
+UNSUBSCRIBE_DELAY = 0.5  # batch window (and churn damper) for unsubscribes
+QUERY_CHUNK = 1000
+
+
+class _Version(msgspec.Struct):
+    v: int
+
+
+_version = msgspec.json.Decoder(_Version)
+
+
+class Hub:
+    """Everything this node knows about who watches whom."""
+
+    def __init__(self, store: PresenceStore, broker: Broker, metrics: Metrics) -> None:
+        self.store = store
+        self.broker = broker
+        self.metrics = metrics
+        self.index: dict[Key, set[Session]] = {}
+        self.sessions: set[Session] = set()
+        self._subscribing: dict[Key, asyncio.Future[None]] = {}
+        self._unsubscribe: set[Key] = set()
+        self._dirty: set[Session] = set()
+        self._flush_handle: asyncio.Handle | None = None
+        self._last_flush = 0.0
+        self._batch_start: float | None = None  # receipt of the oldest state not yet flushed
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._resyncs: set[asyncio.Task[None]] = set()
+        # plain counters, exported by a collector at scrape time (no locks on the hot path)
+        self.sent = 0
+        self.slow_closes = 0
+        broker.set_handlers(self.on_message, self.on_reset)
+        metrics.registry.register(_HubCollector(self))
+
+    # lifecycle
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._unsubscriber(), name="hub-unsubscriber")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._resyncs) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+
+    # interest
+
+    async def watch(self, session: Session, app: str, users: Sequence[str]) -> None:
+        """Index ``session`` as a watcher of ``users``; return once their feed is live.
+
+        Raises StoreUnavailable (and leaves nothing indexed) when the broker cannot subscribe.
+        """
+        new: list[str] = []
+        waits: list[asyncio.Future[None]] = []
+        for user in users:
+            key = (app, user)
+            watchers = self.index.get(key)
+            if watchers is None:
+                watchers = self.index[key] = set()
+                if key in self._unsubscribe:
+                    self._unsubscribe.discard(key)  # still subscribed: keep it
+                else:
+                    new.append(user)
+            watchers.add(session)
+            pending = self._subscribing.get(key)
+            if pending is not None:
+                waits.append(pending)
+        if new:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            for user in new:
+                self._subscribing[(app, user)] = done
+            try:
+                await self.broker.subscribe(app, new)
+            except BaseException as exc:
+                done.set_exception(StoreUnavailable("subscribe failed"))
+                done.exception()  # retrieved: waiters get their own copy below
+                self.unwatch(session, app, users)
+                raise StoreUnavailable("subscribe failed") from exc
+            else:
+                done.set_result(None)
+            finally:
+                for user in new:
+                    if self._subscribing.get((app, user)) is done:
+                        del self._subscribing[(app, user)]
+        for wait in waits:
+            try:
+                await asyncio.shield(wait)
+            except StoreUnavailable:
+                self.unwatch(session, app, users)
+                raise
+
+    def unwatch(self, session: Session, app: str, users: Iterable[str]) -> None:
+        """Remove ``session`` as a watcher; users nobody watches are unsubscribed soon."""
+        for user in users:
+            key = (app, user)
+            watchers = self.index.get(key)
+            if watchers is None:
+                continue
+            watchers.discard(session)
+            if not watchers:
+                del self.index[key]
+                self._unsubscribe.add(key)
+                self._wake.set()
+
+    async def _unsubscriber(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(UNSUBSCRIBE_DELAY)
+            self._wake.clear()
+            keys, self._unsubscribe = self._unsubscribe, set()
+            by_app: dict[str, list[str]] = {}
+            for app, user in keys:
+                if (app, user) not in self.index:
+                    by_app.setdefault(app, []).append(user)
+            for app, users in by_app.items():
+                try:
+                    await self.broker.unsubscribe(app, users)
+                except Exception:
+                    log.warning(
+                        "unsubscribe of %d users failed; the broker drops them on reset", len(users)
+                    )
+
+    # fan-out
+
+    def on_message(self, app: str, user: str, payload: bytes) -> None:
+        """A state was published: frame it once and queue it on every watcher."""
+        watchers = self.index.get((app, user))
+        if not watchers:
+            return
+        try:
+            v = _version.decode(payload).v
+        except msgspec.DecodeError:
+            log.error("dropped a malformed published state for %s/%s", app, user)
+            return
+        frame = presence_frame(payload)
+        if self._batch_start is None:
+            self._batch_start = time.perf_counter()
+        dirty = self._dirty
+        for session in watchers:
+            if session.deliver(user, v, frame):
+                dirty.add(session)
+        self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        """Flush dirty sessions now if the last flush was a tick ago, else on the tick."""
+        if self._flush_handle is not None or not self._dirty:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last_flush + FLUSH_TICK - loop.time()
+        if wait <= 0:
+            self._flush_handle = loop.call_soon(self._flush)
+        else:
+            self._flush_handle = loop.call_later(wait, self._flush)
+
+    def mark_dirty(self, session: Session) -> None:
+        self._dirty.add(session)
+        self.schedule_flush()
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        self._last_flush = asyncio.get_running_loop().time()
+        dirty, self._dirty = self._dirty, set()
+        for session in dirty:
+            if not session.flush():
+                self._dirty.add(session)  # held back by a slow reader: retry on the tick
+        if self._batch_start is not None:
+            self.metrics.publish_to_send_seconds.observe(time.perf_counter() - self._batch_start)
+            self._batch_start = None
+        if self._dirty:
+            self.schedule_flush()
+
+    # feed loss
+
+    def on_reset(self) -> None:
+        """The broker lost its feed and is back: send every session a resync."""
+        self.metrics.feed_resets.inc()
+        task = asyncio.create_task(self._resync_all(), name="hub-resync")
+        self._resyncs.add(task)
+        task.add_done_callback(self._resyncs.discard)
+
+    async def _resync_all(self) -> None:
+        by_app: dict[str, list[str]] = {}
+        for app, user in list(self.index):
+            by_app.setdefault(app, []).append(user)
+        states: dict[Key, UserState] = {}
+        for app, users in by_app.items():
+            for chunk in _chunks(users, QUERY_CHUNK):
+                for attempt in range(10):
+                    try:
+                        for st in await self.store.get(app, chunk):
+                            states[(app, st.user)] = st
+                        break
+                    except StoreUnavailable:
+                        await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        log.info("feed restored: resyncing %d sessions", len(self.sessions))
+        for session in list(self.sessions):
+            if session.resync(states):
+                self._dirty.add(session)
+        self.schedule_flush()
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class _HubCollector(Collector):
+    """Exports the hub's plain counters when Prometheus scrapes."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        hub = self.hub
+        yield GaugeMetricFamily(
+            "presence_connections", "Open WebSocket connections", value=len(hub.sessions)
+        )
+        yield GaugeMetricFamily(
+            "presence_watched_users", "Distinct users watched on this node", value=len(hub.index)
+        )
+        yield CounterMetricFamily(
+            "presence_messages_sent", "Presence messages handed to sockets", value=hub.sent
+        )
+        yield CounterMetricFamily(
+            "presence_slow_consumer_closes", "Clients closed with 4008", value=hub.slow_closes
+        )

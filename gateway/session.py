@@ -1,0 +1,402 @@
+"""One WebSocket connection (SPEC section 5): hello, watch/unwatch, and a coalescing outbox.
+
+Outbox: control replies (welcome, snapshot, ok, error, …) in order, then at most one unsent
+``presence`` frame per user, the latest. ``watching[user]`` is the highest ``v`` queued for
+the client, so a state with a lower or equal ``v`` is never sent after it.
+
+No gap between snapshot and live feed: a user being watched is first indexed in the hub and
+subscribed (so every later publish reaches this session), *then* read from the store. States
+that arrive in between are held and sent after the snapshot only when newer than it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from starlette.websockets import WebSocket
+
+from gateway import tokens
+from gateway.config import AppConfig
+from gateway.errors import StoreUnavailable
+from gateway.model import UserState
+from gateway.protocol import (
+    BadMessage,
+    Error,
+    Hello,
+    Ok,
+    Ping,
+    Pong,
+    Resync,
+    ServerMessage,
+    Snapshot,
+    Unwatch,
+    Watch,
+    Welcome,
+    decode,
+    encode,
+    frame_payload,
+)
+from gateway.transport import EXTENSION
+
+if TYPE_CHECKING:
+    from gateway.hub import Hub, Key
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 10.0
+HEARTBEAT_MS = 25_000
+HIGH_WATER = 256 * 1024  # bytes buffered for a client before it counts as behind
+SLOW_CLOSE_AFTER = 10.0  # seconds continuously behind before closing with 4008
+RATE = 20.0  # client messages per second, sustained
+BURST = 40.0  # client messages allowed in a burst
+QUERY_CHUNK = 1000
+PENDING = -1  # watching[user] while its snapshot is being read
+
+
+class Sink(Protocol):
+    """Where a session's frames go."""
+
+    def write(self, frames: list[bytes]) -> None: ...
+
+    def buffered(self) -> int: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+class RawSink:
+    """Frames written straight to the socket (``PresenceWebSocketProtocol``)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: object) -> None:
+        self.raw = raw
+
+    def write(self, frames: list[bytes]) -> None:
+        self.raw.write(frames[0] if len(frames) == 1 else b"".join(frames))  # type: ignore[attr-defined]
+
+    def buffered(self) -> int:
+        return self.raw.buffered()  # type: ignore[attr-defined, no-any-return]
+
+    def close(self, code: int, reason: str) -> None:
+        self.raw.close_now(code, reason)  # type: ignore[attr-defined]
+
+
+class AsgiSink:
+    """Fallback for ASGI servers without the raw extension: a writer task per connection."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.queue: deque[bytes] = deque()
+        self.size = 0
+        self.wake = asyncio.Event()
+        self.closing: tuple[int, str] | None = None
+        self.task = asyncio.create_task(self._writer())
+
+    def write(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            payload = frame_payload(frame)
+            self.queue.append(payload)
+            self.size += len(payload)
+        self.wake.set()
+
+    def buffered(self) -> int:
+        return self.size
+
+    def close(self, code: int, reason: str) -> None:
+        self.closing = (code, reason)
+        self.queue.clear()
+        self.wake.set()
+
+    async def _writer(self) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.queue and self.closing is None:
+                    payload = self.queue.popleft()
+                    await self.ws.send_text(payload.decode())
+                    self.size -= len(payload)
+                if self.closing is not None:
+                    await self.ws.close(*self.closing)
+                    return
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+class Session:
+    """A client connection; its methods called by the hub never await."""
+
+    __slots__ = (
+        "_allowance",
+        "_checked",
+        "_expiry",
+        "app",
+        "behind_since",
+        "claims",
+        "closed",
+        "control",
+        "held",
+        "hub",
+        "pending",
+        "sink",
+        "watching",
+        "ws",
+    )
+
+    def __init__(self, ws: WebSocket, app: AppConfig, hub: Hub) -> None:
+        self.ws = ws
+        self.app = app
+        self.hub = hub
+        self.sink: Sink | None = None
+        self.claims: tokens.Claims | None = None
+        self.watching: dict[str, int] = {}
+        self.held: dict[str, tuple[int, bytes]] | None = None
+        self.pending: dict[str, tuple[int, bytes]] = {}
+        self.control: list[bytes] = []
+        self.behind_since: float | None = None
+        self.closed = False
+        self._allowance = BURST
+        self._checked = time.monotonic()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # connection lifecycle
+
+    async def run(self) -> None:
+        """Serve the connection until it closes."""
+        ws = self.ws
+        origin = ws.headers.get("origin")
+        await ws.accept()
+        raw = ws.scope.get("extensions", {}).get(EXTENSION)
+        self.sink = sink = RawSink(raw) if raw is not None else AsgiSink(ws)
+        try:
+            if origin is not None and not self._origin_allowed(origin):
+                self.close(4003, "origin not allowed")
+                return
+            if await self._authenticate():
+                self.hub.sessions.add(self)
+                await self._serve()
+        finally:
+            self.closed = True
+            self.hub.sessions.discard(self)
+            self.hub.unwatch(self, self.app.id, list(self.watching))
+            if self._expiry is not None:
+                self._expiry.cancel()
+            if isinstance(sink, AsgiSink):
+                await sink.stop()
+
+    def _origin_allowed(self, origin: str) -> bool:
+        allowed = self.app.allowed_origins
+        return "*" in allowed or origin in allowed
+
+    async def _authenticate(self) -> bool:
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                text = await self._receive()
+        except TimeoutError:
+            self.close(4001, "no hello within 10 s")
+            return False
+        if text is None:
+            return False
+        try:
+            hello = decode(text)
+        except BadMessage:
+            hello = None
+        if not isinstance(hello, Hello):
+            self.close(4001, "the first message must be hello")
+            return False
+        try:
+            self.claims = claims = tokens.verify(hello.token, self.app.client_secret, self.app.id)
+        except tokens.TokenError as exc:
+            self.close(4001, str(exc))
+            return False
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_at(
+            loop.time() + max(0.0, claims.exp - time.time()), self.close, 4001, "token expired"
+        )
+        self.send(Welcome(user=claims.sub, max_watch=self.app.max_watch, heartbeat_ms=HEARTBEAT_MS))
+        return True
+
+    async def _receive(self) -> str | None:
+        """The next text message; None once the connection is gone or was closed."""
+        while not self.closed:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                self.closed = True
+                return None
+            text = message.get("text")
+            if text is not None:
+                return str(text)
+            self.send(Error(id=None, code="bad_request", message="text frames only"))
+        return None
+
+    async def _serve(self) -> None:
+        while (text := await self._receive()) is not None:
+            if not self._take_token():
+                self.close(4009, "too many messages")
+                return
+            try:
+                message = decode(text)
+            except BadMessage as exc:
+                self.send(Error(id=exc.request_id, code=exc.code, message=exc.message))
+                continue
+            if isinstance(message, Watch):
+                await self._watch(message)
+            elif isinstance(message, Unwatch):
+                self._unwatch(message)
+            elif isinstance(message, Ping):
+                self.send(Pong(id=message.id))
+            else:
+                self.send(Error(id=None, code="bad_request", message="already authenticated"))
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self._allowance = min(BURST, self._allowance + (now - self._checked) * RATE)
+        self._checked = now
+        if self._allowance < 1.0:
+            return False
+        self._allowance -= 1.0
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        """Flush what is queued and close with ``code``; never waits for the client."""
+        if self.closed or self.sink is None:
+            return
+        self.flush(force=True)
+        self.closed = True
+        self.sink.close(code, reason)
+
+    # requests
+
+    async def _watch(self, req: Watch) -> None:
+        app = self.app
+        users = list(dict.fromkeys(req.users))
+        new = [u for u in users if u not in self.watching]
+        assert self.claims is not None
+        if app.watch_policy == "token":
+            allowed = self.claims.watch or frozenset()
+            refused = [u for u in users if u not in allowed]
+            if refused:
+                message = f"not allowed to watch {len(refused)} of these users"
+                self.send(Error(id=req.id, code="forbidden", message=message))
+                return
+        if len(self.watching) + len(new) > app.max_watch:
+            message = f"at most {app.max_watch} watched users per connection"
+            self.send(Error(id=req.id, code="limit", message=message))
+            return
+        for user in new:
+            self.watching[user] = PENDING
+        try:
+            await self.hub.watch(self, app.id, new)
+            states: list[UserState] = []
+            for i in range(0, len(users), QUERY_CHUNK):
+                states += await self.hub.store.get(app.id, users[i : i + QUERY_CHUNK])
+        except StoreUnavailable:
+            for user in new:
+                del self.watching[user]
+                if self.held is not None:
+                    self.held.pop(user, None)
+            self.hub.unwatch(self, app.id, new)
+            self.send(Error(id=req.id, code="unavailable", message="store unavailable, retry"))
+            return
+        if self.closed:
+            return
+        for state in states:
+            self._settle(state)
+        self.send(Snapshot(id=req.id, presence=states))
+
+    def _settle(self, state: UserState) -> None:
+        """Make ``state`` (read from the store) the client's baseline for its user."""
+        user = state.user
+        held = self.held.pop(user, None) if self.held else None
+        queued = self.pending.get(user)
+        newest = max((x for x in (held, queued) if x is not None), default=None)
+        if newest is not None and newest[0] > state.v:
+            self.pending[user] = newest
+            self.watching[user] = newest[0]
+        else:
+            self.pending.pop(user, None)
+            self.watching[user] = max(state.v, self.watching.get(user, 0))
+
+    def _unwatch(self, req: Unwatch) -> None:
+        gone = [u for u in dict.fromkeys(req.users) if u in self.watching]
+        for user in gone:
+            del self.watching[user]
+            self.pending.pop(user, None)
+        self.hub.unwatch(self, self.app.id, gone)
+        self.send(Ok(id=req.id))
+
+    # outbox (called by the hub; never awaits)
+
+    def send(self, message: ServerMessage) -> None:
+        """Queue a control reply behind the ones already queued."""
+        if self.closed:
+            return
+        self.control.append(encode(message))
+        self.hub.mark_dirty(self)
+
+    def deliver(self, user: str, v: int, frame: bytes) -> bool:
+        """Queue a published state; True when the session has something new to flush."""
+        last = self.watching.get(user)
+        if last is None or self.closed:
+            return False
+        if last == PENDING:
+            if self.held is None:
+                self.held = {}
+            held = self.held.get(user)
+            if held is None or v > held[0]:
+                self.held[user] = (v, frame)
+            return False
+        if v <= last:
+            return False
+        self.watching[user] = v
+        self.pending[user] = (v, frame)
+        return True
+
+    def resync(self, states: dict[Key, UserState]) -> bool:
+        """Queue a ``resync`` of the whole watch set from freshly read states."""
+        if self.closed:
+            return False
+        present = []
+        for user, last in list(self.watching.items()):
+            state = states.get((self.app.id, user))
+            if last == PENDING or state is None:
+                continue
+            present.append(state)
+            self._settle(state)
+        self.control.append(encode(Resync(presence=present)))
+        return True
+
+    def flush(self, force: bool = False) -> bool:
+        """Write everything queued in one send; False while the client is behind."""
+        sink = self.sink
+        if self.closed or sink is None:
+            return True
+        if not force and sink.buffered() > HIGH_WATER:
+            now = time.monotonic()
+            if self.behind_since is None:
+                self.behind_since = now
+            elif now - self.behind_since > SLOW_CLOSE_AFTER:
+                self.hub.slow_closes += 1
+                log.info("closing a client that stayed behind for %.0f s", SLOW_CLOSE_AFTER)
+                self.pending.clear()
+                self.close(4008, "client too slow")
+                return True
+            return False
+        self.behind_since = None
+        frames = self.control
+        if self.pending:
+            self.hub.sent += len(self.pending)
+            frames += [frame for _, frame in self.pending.values()]
+            self.pending = {}
+        if frames:
+            self.control = []
+            sink.write(frames)
+        return True
