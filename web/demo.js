@@ -173,7 +173,7 @@ function renderFriends() {
 
 /** @param {string} user */
 function renderFriend(user) {
-  const li = document.querySelector(`.friend[data-user="${CSS.escape(user)}"]`);
+  const li = /** @type {HTMLElement | null} */ (document.querySelector(`.friend[data-user="${CSS.escape(user)}"]`));
   if (!li) return;
   const state = client.state(user);
   const detail = /** @type {HTMLElement} */ (li.querySelector(".detail"));

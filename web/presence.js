@@ -53,7 +53,7 @@ export class PresenceClient extends EventTarget {
 
   #attempt = 0;
   #openedAt = 0;
-  /** "initial" | "reconnect" | "rejected": what the next token request is for. */
+  /** What the next token request is for. @type {"initial" | "reconnect" | "rejected"} */
   #tokenReason = "initial";
   /** Incremented on every (re)connect, so stale async work can tell it lost. */
   #generation = 0;
@@ -67,9 +67,9 @@ export class PresenceClient extends EventTarget {
   #nextId = 1;
 
   /** user -> set of subscriptions ({ cb }) */
-  /** @type {Map<string, Set<{cb: (state: object) => void}>>} */
+  /** @type {Map<string, Set<Subscription>>} */
   #subs = new Map();
-  /** @type {Map<string, object>} */
+  /** @type {Map<string, PresenceState>} */
   #states = new Map();
   /** Users the server currently has in this connection's watch set (as far as we asked). */
   /** @type {Set<string>} */
@@ -180,6 +180,7 @@ export class PresenceClient extends EventTarget {
   watch(users, onChange) {
     if (typeof onChange !== "function") throw new TypeError("watch: onChange must be a function");
     const list = normalizeUsers(users);
+    /** @type {Subscription} */
     const entry = { cb: onChange };
     let added = false;
     for (const user of list) {
@@ -504,7 +505,7 @@ export class PresenceClient extends EventTarget {
     for (const entry of [...subs]) this.#call(entry, state);
   }
 
-  /** @param {{cb: (s: object) => void}} entry @param {object} state */
+  /** @param {Subscription} entry @param {PresenceState} state */
   #call(entry, state) {
     try {
       entry.cb(state);
@@ -610,6 +611,7 @@ export class PresenceClient extends EventTarget {
  * @typedef {{platform: string, since: number}} PresenceDevice
  * @typedef {{user: string, status: "online" | "offline", since: number | null,
  *            devices: readonly PresenceDevice[], v: number}} PresenceState
+ * @typedef {{cb: (state: PresenceState) => void}} Subscription
  */
 
 // ---------------------------------------------------------------- helpers
@@ -661,8 +663,8 @@ function normalizeState(raw) {
   const status = raw.status === "online" ? "online" : "offline";
   const devices = Array.isArray(raw.devices)
     ? raw.devices
-        .filter((d) => d && typeof d === "object")
-        .map((d) => Object.freeze({ platform: String(d.platform ?? "unknown"), since: Number(d.since) }))
+        .filter((/** @type {any} */ d) => d && typeof d === "object")
+        .map((/** @type {any} */ d) => Object.freeze({ platform: String(d.platform ?? "unknown"), since: Number(d.since) }))
     : [];
   return Object.freeze({
     user: raw.user,
