@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -21,6 +22,7 @@ from gateway import api, webhooks
 from gateway.backends import open_backend
 from gateway.backends.base import Broker, PresenceStore
 from gateway.config import Settings
+from gateway.errors import StoreUnavailable
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.providers import PROVIDERS
@@ -43,6 +45,7 @@ class Gateway:
         self.broker: Broker
         self.store, self.broker = open_backend(settings)
         self.hub = Hub(self.store, self.broker, self.metrics)
+        self._sweeper: asyncio.Task[None] | None = None
         self.providers: dict[tuple[str, str], Provider] = {
             (app.id, name): PROVIDERS[name](table, settings.presence)
             for app in settings.apps.values()
@@ -52,11 +55,30 @@ class Gateway:
     async def start(self) -> None:
         await self.hub.start()
         await self.broker.start()
+        grace = self.settings.presence.offline_grace_ms
+        if grace > 0:
+            self._sweeper = asyncio.create_task(self._sweep(grace), name="grace-sweeper")
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         await self.broker.close()
         await self.hub.stop()
         await self.store.close()
+
+    async def _sweep(self, grace_ms: int) -> None:
+        """Publish offlines whose grace ran out; every node sweeps, the store dedupes."""
+        interval = min(0.25, max(0.02, grace_ms / 4000))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.sweep()
+            except StoreUnavailable:
+                pass  # retried on the next tick; the grace ends late, never twice
+            except Exception:
+                log.exception("offline grace sweep failed")
 
 
 _SECRET_PATH = re.compile(r"(/webhooks/openim)/[^?]*")

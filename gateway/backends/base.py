@@ -57,6 +57,17 @@ class PresenceStore(Protocol):
         """
         ...
 
+    async def sweep(self, now_ms: int | None = None) -> int:
+        """Finish offline grace periods that are due; return how many states it published.
+
+        With ``offline_grace_ms`` > 0, ``apply`` does not publish a user whose last device
+        went offline: it marks the user pending until ``now + offline_grace_ms``. A device
+        coming back before then cancels it (publishing nothing if the state is as before).
+        ``sweep`` publishes the offline of every pending user that is due and still offline.
+        Contract: exactly once per grace period, even with many nodes sweeping at once.
+        """
+        ...
+
     async def get(self, app: str, users: Sequence[str]) -> list[UserState]:
         """The last published state of each user, in the order asked.
 

@@ -7,6 +7,7 @@ processes, so run exactly one gateway process with it.
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import time
 from collections.abc import Sequence
@@ -37,11 +38,16 @@ def clock_ms() -> int:
 
 
 class _User:
-    __slots__ = ("records", "state")
+    __slots__ = ("grace_until", "records", "state")
 
     def __init__(self, user: str) -> None:
         self.records: dict[str, DeviceRecord] = {}
         self.state = UserState(user)
+        self.grace_until: int | None = None  # an offline waiting out offline_grace_ms
+
+
+def _platforms(state: UserState) -> list[str]:
+    return [d.platform for d in state.devices]
 
 
 class MemoryBroker:
@@ -80,6 +86,7 @@ class MemoryStore:
         self.settings = settings
         self.broker = broker or MemoryBroker()
         self._users: dict[tuple[str, str], _User] = {}
+        self._due: list[tuple[int, str, str]] = []  # heap of (grace end, app, user)
 
     async def apply(
         self, app: str, events: Sequence[PresenceEvent], now_ms: int | None = None
@@ -104,18 +111,46 @@ class MemoryStore:
             entry.records[ev.device] = incoming
             result.applied += 1
             touched[ev.user] = entry
+        grace = self.settings.offline_grace_ms
         for user, entry in touched.items():
             entry.records = prune(entry.records, now, retention)
             fresh = aggregate(user, entry.records.values())
-            if fresh.visible() == entry.state.visible():
+            if grace > 0 and fresh.status == "offline" and entry.state.status == "online":
+                if entry.grace_until is None:
+                    entry.grace_until = now + grace
+                    heapq.heappush(self._due, (entry.grace_until, app, user))
                 continue
-            entry.state = UserState(
-                user, fresh.status, fresh.since, fresh.devices, next_version(entry.state.v, now)
-            )
-            result.published.append(entry.state)
+            if entry.grace_until is not None:
+                entry.grace_until = None
+                if _platforms(fresh) == _platforms(entry.state):
+                    continue  # back on the same platforms within the grace: nothing to show
+            if self._publish(entry, fresh, now):
+                result.published.append(entry.state)
         for state in result.published:
             await self.broker.publish(app, state.user, state_encoder.encode(state))
         return result
+
+    def _publish(self, entry: _User, fresh: UserState, now: int) -> bool:
+        """Store ``fresh`` as the published state if watchers would see a change."""
+        if fresh.visible() == entry.state.visible():
+            return False
+        v = next_version(entry.state.v, now)
+        entry.state = UserState(fresh.user, fresh.status, fresh.since, fresh.devices, v)
+        return True
+
+    async def sweep(self, now_ms: int | None = None) -> int:
+        now = clock_ms() if now_ms is None else now_ms
+        published = 0
+        while self._due and self._due[0][0] <= now:
+            due, app, user = heapq.heappop(self._due)
+            entry = self._users.get((app, user))
+            if entry is None or entry.grace_until != due:
+                continue  # cancelled by a reconnect, or superseded
+            entry.grace_until = None
+            if self._publish(entry, aggregate(user, entry.records.values()), now):
+                published += 1
+                await self.broker.publish(app, user, state_encoder.encode(entry.state))
+        return published
 
     async def get(self, app: str, users: Sequence[str]) -> list[UserState]:
         out = []
