@@ -1,0 +1,972 @@
+"""``presence-gateway simulate``: realistic, correctly signed provider webhooks for N users.
+
+Two halves. The behaviour half is pure: ``Simulation`` decides what happens to which device
+of which user (logins, several devices at once, reconnect flaps, kicks, late, repeated and
+reordered deliveries) and keeps its own model of which devices are online. The sending half
+turns each ``Delivery`` into one signed HTTP request in its provider's format (``build``)
+and posts it with httpx at a steady rate, riding out a gateway that is down.
+
+Every event time a user gets is later than all earlier ones of that user, and the gateway
+merges each device last-writer-wins by event time, so no retry, duplicate or reordering
+changes the end result: once every delivery is in, the gateway shows ``expected()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import heapq
+import itertools
+import random
+import signal
+import sys
+import threading
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from gateway.config import DEV_STANDARD_SECRET, AppConfig
+from gateway.providers import rongcloud, standard, tencent
+
+PROVIDER_NAMES = ("tencent", "rongcloud", "openim", "standard")
+FIRST_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank")  # the demo page's friends
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+# What happened to a device (``Change.how``); only LOGIN leaves it online.
+LOGIN = "login"
+LOGOUT = "logout"
+DISCONNECT = "disconnect"  # connection closed (app killed, network lost)
+TIMEOUT = "timeout"  # heartbeat timeout
+KICKED = "kicked"  # replaced by a login elsewhere
+ADMIN_KICK = "admin-kick"  # Tencent OpenKickInstance: every device of the user
+CUSTOM_STATUS = "custom-status"  # Tencent CustomStatusChange: not presence, changes nothing
+
+BATCHING = frozenset({"rongcloud", "standard"})  # providers that post several events at once
+RESEND_CHANCE = 0.12  # share of steps that re-send an earlier delivery
+BATCH_CHANCE = 0.6  # share of batching steps that carry other users' events too
+
+# Device classes and the platforms (as the gateway shows them) each provider has in them.
+# A kick replaces a device by one of the same class.
+CATALOG: dict[str, dict[str, tuple[str, ...]]] = {
+    "tencent": {
+        "phone": ("ios", "android"),
+        "desktop": ("windows", "mac"),
+        "web": ("web",),
+        "tablet": ("ipad",),
+    },
+    "rongcloud": {
+        "phone": ("ios", "android", "harmonyos"),
+        "desktop": ("pc",),
+        "web": ("web", "miniprogram"),
+    },
+    "openim": {
+        "phone": ("ios", "android", "harmonyos"),
+        "desktop": ("windows", "mac", "linux"),
+        "web": ("web", "miniprogram"),
+        "tablet": ("ipad", "apad"),
+    },
+    "standard": {
+        "phone": ("ios", "android"),
+        "desktop": ("windows", "mac", "linux"),
+        "web": ("web",),
+        "tablet": ("ipad",),
+    },
+}
+OWN_CHANCE = {"phone": 1.0, "desktop": 0.7, "web": 0.5, "tablet": 0.25}
+
+# Wire names. Tencent's State.StateChange sends "IOS" in OptPlatform, "iOS" in KickedDevice.
+TENCENT_OPT = {"ios": "IOS", "android": "Android", "windows": "Windows", "mac": "Mac"}
+TENCENT_OPT |= {"web": "Web", "ipad": "iPad"}
+TENCENT_KICKED = TENCENT_OPT | {"ios": "iOS"}
+TENCENT_ACTION = {
+    LOGIN: ("Login", "Register"),
+    LOGOUT: ("Logout", "Unregister"),
+    KICKED: ("Logout", "Unregister"),  # older SDKs: a separate Logout for the kicked device
+    DISCONNECT: ("Disconnect", "LinkClose"),
+    TIMEOUT: ("Disconnect", "TimeOut"),
+    ADMIN_KICK: ("Logout", "OpenKickInstance"),
+    CUSTOM_STATUS: ("CustomStatusChange", "SetCustomStatus"),
+}
+RONGCLOUD_OS = {"ios": "iOS", "android": "Android", "harmonyos": "HarmonyOS", "pc": "PC"}
+RONGCLOUD_OS |= {"web": "Websocket", "miniprogram": "MiniProgram"}
+OPENIM_PLATFORM = {
+    "ios": (1, "IOS"),
+    "android": (2, "Android"),
+    "windows": (3, "Windows"),
+    "mac": (4, "OSX"),
+    "web": (5, "Web"),
+    "miniprogram": (6, "MiniWeb"),
+    "linux": (7, "Linux"),
+    "apad": (8, "APad"),
+    "ipad": (9, "IPad"),
+    "harmonyos": (11, "HarmonyOS"),
+}
+
+
+def user_ids(n: int) -> list[str]:
+    """``alice, bob, carol, dave, erin, frank``, then ``user7, user8, ...``."""
+    return [FIRST_NAMES[i] if i < len(FIRST_NAMES) else f"user{i + 1}" for i in range(n)]
+
+
+def clock_ms() -> int:
+    """Wall-clock time in ms since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+# -- behaviour (pure) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One device of one user changing state, as a provider reports it."""
+
+    user: str
+    device: str  # the device key the gateway derives: platform, session id, platform id, id
+    platform: str  # as the gateway shows it (normalized)
+    how: str  # LOGIN, LOGOUT, DISCONNECT, TIMEOUT, KICKED, ADMIN_KICK or CUSTOM_STATUS
+    time: int  # provider event time, ms since the epoch
+
+    @property
+    def online(self) -> bool:
+        return self.how == LOGIN
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook call: a provider, the changes it carries, and a note for humans."""
+
+    id: int
+    provider: str
+    changes: tuple[Change, ...]
+    note: str
+    style: int = 0  # which of the provider's equivalent wire forms to use (see ``build``)
+    msg_id: str = ""  # Standard Webhooks ``webhook-id``; a re-send keeps it
+    resend_of: int | None = None  # the delivery this one repeats
+
+    @property
+    def users(self) -> list[str]:
+        return list(dict.fromkeys(c.user for c in self.changes))
+
+
+@dataclass(slots=True)
+class _Gadget:
+    """A device a user owns."""
+
+    cls: str
+    platform: str
+    ident: str
+
+
+@dataclass(slots=True)
+class _User:
+    name: str
+    provider: str
+    gadgets: list[_Gadget]
+    online: dict[str, _Gadget] = field(default_factory=dict)  # device key -> device
+    clock: int = 0  # the last event time given to this user
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """The changes of one behaviour that travel together."""
+
+    changes: tuple[Change, ...]
+    note: str
+    delay_ms: int = 0  # > 0: delivered this much later (a late offline)
+
+
+class Simulation:
+    """The behaviour generator and its model of which devices are online.
+
+    ``step(now_ms)`` gives the next webhook(s) to send, ``flush(now_ms)`` the late ones
+    still held back, ``expected()`` what the gateway shows once all of them arrived.
+    Deterministic for a seed and a sequence of ``now_ms`` values.
+    """
+
+    def __init__(
+        self,
+        users: Sequence[str],
+        providers: Sequence[str] = PROVIDER_NAMES,
+        seed: int | None = None,
+        *,
+        max_lag_s: float = 120.0,
+    ) -> None:
+        if not users or not providers:
+            raise ValueError("need at least one user and one provider")
+        if unknown := set(providers) - set(PROVIDER_NAMES):
+            raise ValueError(f"unknown provider(s): {', '.join(sorted(unknown))}")
+        self.rng = random.Random(seed)
+        self.max_lag_ms = int(max_lag_s * 1000)  # oldest re-send or late delivery
+        self.users = [self._new_user(u, providers[i % len(providers)]) for i, u in enumerate(users)]
+        self._peers: dict[str, list[_User]] = {}
+        for user in self.users:
+            self._peers.setdefault(user.provider, []).append(user)
+        self._ids = itertools.count(1)
+        self._order = itertools.count()
+        self._held: list[tuple[int, int, str, _Part]] = []  # (due, order, provider, part)
+        self._history: deque[tuple[int, Delivery]] = deque(maxlen=256)
+
+    def step(self, now_ms: int) -> list[Delivery]:
+        """The next webhook(s): late ones now due, a re-send, or a new behaviour."""
+        if due := self._pop_held(now_ms, everything=False):
+            return due
+        resend = self._history and self.rng.random() < RESEND_CHANCE
+        if resend and (resent := self._resend(now_ms)):
+            return [resent]
+        while True:
+            user = self.rng.choice(self.users)
+            parts = self._act(user, now_ms)
+            peers = [u for u in self._peers[user.provider] if u is not user]
+            if user.provider in BATCHING and peers and self.rng.random() < BATCH_CHANCE:
+                for peer in self.rng.sample(peers, min(len(peers), self.rng.randint(1, 3))):
+                    parts += self._act(peer, now_ms)
+            if out := self._deliveries(user.provider, parts, now_ms):
+                return out
+
+    def flush(self, now_ms: int) -> list[Delivery]:
+        """Every late delivery still held back, due or not."""
+        return self._pop_held(now_ms, everything=True)
+
+    def expected(self) -> dict[str, list[str]]:
+        """Each user's online platforms (sorted, no repeats; empty = offline) by user id."""
+        return {u.name: sorted({g.platform for g in u.online.values()}) for u in self.users}
+
+    # -- deliveries
+
+    def _new(self, provider: str, changes: tuple[Change, ...], note: str, now: int) -> Delivery:
+        delivery = Delivery(
+            id=next(self._ids),
+            provider=provider,
+            changes=changes,
+            note=note,
+            style=self.rng.randrange(4),
+            msg_id=f"msg_{self.rng.getrandbits(64):016x}",
+        )
+        self._history.append((now, delivery))
+        return delivery
+
+    def _deliveries(self, provider: str, parts: list[_Part], now: int) -> list[Delivery]:
+        now_parts = []
+        for part in parts:
+            if part.delay_ms:
+                due = now + part.delay_ms
+                heapq.heappush(self._held, (due, next(self._order), provider, part))
+            else:
+                now_parts.append(part)
+        if provider not in BATCHING or len(now_parts) < 2:
+            return [self._new(provider, p.changes, p.note, now) for p in now_parts]
+        changes = tuple(c for p in now_parts for c in p.changes)
+        note = "; ".join(f"{p.changes[0].user} {p.note}" for p in now_parts)
+        if self.rng.random() < 0.3:
+            changes = tuple(self.rng.sample(changes, len(changes)))
+            note += " [shuffled]"
+        return [self._new(provider, changes, f"batch of {len(changes)}: {note}", now)]
+
+    def _pop_held(self, now: int, *, everything: bool) -> list[Delivery]:
+        out = []
+        while self._held and (everything or self._held[0][0] <= now):
+            _, _, provider, part = heapq.heappop(self._held)
+            out.append(self._new(provider, part.changes, part.note, now))
+        return out
+
+    def _resend(self, now: int) -> Delivery | None:
+        """A delivery sent again: at once (a duplicate) or up to ``max_lag_s`` later."""
+        recent = [(t, d) for t, d in self._history if now - t <= self.max_lag_ms]
+        if not recent:
+            return None
+        sent, orig = recent[-1] if self.rng.random() < 0.4 else self.rng.choice(recent)
+        age_s = (now - sent) / 1000
+        note = (
+            f"duplicate of #{orig.id}" if age_s < 1 else f"retry of #{orig.id}, {age_s:.0f} s late"
+        )
+        changes = orig.changes
+        if orig.provider in BATCHING and len(changes) > 1 and self.rng.random() < 0.5:
+            changes = tuple(self.rng.sample(changes, len(changes)))
+            note += " [shuffled]"
+        return Delivery(
+            id=next(self._ids),
+            provider=orig.provider,
+            changes=changes,
+            note=note,
+            style=orig.style,
+            msg_id=orig.msg_id,
+            resend_of=orig.resend_of or orig.id,
+        )
+
+    # -- users and their devices
+
+    def _new_user(self, name: str, provider: str) -> _User:
+        gadgets = [
+            _Gadget(cls, self.rng.choice(platforms), f"{self.rng.getrandbits(24):06x}")
+            for cls, platforms in CATALOG[provider].items()
+            if self.rng.random() < OWN_CHANCE[cls]
+        ]
+        return _User(name, provider, gadgets)
+
+    def _tick(self, user: _User, wanted: int) -> int:
+        """An event time for ``user``: ``wanted``, but later than any it had before."""
+        user.clock = max(wanted, user.clock + 1)
+        return user.clock
+
+    def _key(self, user: _User, gadget: _Gadget) -> str:
+        """The gateway's device key of a new connection of ``gadget``."""
+        if user.provider == "tencent":
+            return gadget.platform
+        if user.provider == "openim":
+            return str(OPENIM_PLATFORM[gadget.platform][0])
+        if user.provider == "rongcloud":
+            return f"{self.rng.getrandbits(48):012x}"  # a new session per connection
+        return f"{user.name}-{gadget.platform}-{gadget.ident}"
+
+    def _connect(self, user: _User, gadget: _Gadget, t: int) -> Change:
+        key = self._key(user, gadget)
+        user.online[key] = gadget
+        return Change(user.name, key, gadget.platform, LOGIN, t)
+
+    def _drop(self, user: _User, key: str, how: str, t: int) -> Change:
+        gadget = user.online.pop(key)
+        return Change(user.name, key, gadget.platform, how, t)
+
+    def _free(self, user: _User) -> list[_Gadget]:
+        busy = {id(g) for g in user.online.values()}
+        return [g for g in user.gadgets if id(g) not in busy]
+
+    def _pick(self, user: _User) -> tuple[str, _Gadget]:
+        key = self.rng.choice(sorted(user.online))
+        return key, user.online[key]
+
+    # -- behaviours: each updates the model and returns what the provider sends
+
+    def _act(self, user: _User, now: int) -> list[_Part]:
+        if not user.online:
+            return self._login(user, now)
+        options: list[tuple[float, Callable[[_User, int], list[_Part]]]] = [
+            (2.0 if self._free(user) else 0.0, self._login),
+            (1.2, self._logout),
+            (1.5, self._disconnect),
+            (3.0, self._leave),
+            (2.5, self._flap),
+            (1.2, self._kick),
+        ]
+        if user.provider == "tencent":
+            options += [(0.3, self._admin_kick), (0.4, self._custom_status)]
+        if user.provider == "openim":
+            options.append((0.8, self._resync))
+        action = self.rng.choices([a for _, a in options], [w for w, _ in options])[0]
+        return action(user, now)
+
+    def _login(self, user: _User, now: int) -> list[_Part]:
+        free = self._free(user)
+        picks = [self.rng.choice(free)]
+        if not user.online and len(free) > 1 and self.rng.random() < 0.25:
+            picks.append(self.rng.choice([g for g in free if g is not picks[0]]))
+        parts = []
+        for gadget in picks:
+            change = self._connect(user, gadget, self._tick(user, now))
+            count = len(user.online)
+            note = f"login {gadget.platform}" + (f" ({count} devices)" if count > 1 else "")
+            parts.append(_Part((change,), note))
+        return parts
+
+    def _logout(self, user: _User, now: int) -> list[_Part]:
+        key, gadget = self._pick(user)
+        change = self._drop(user, key, LOGOUT, self._tick(user, now))
+        return [_Part((change,), f"logout {gadget.platform}")]
+
+    def _disconnect(self, user: _User, now: int) -> list[_Part]:
+        key, gadget = self._pick(user)
+        how = TIMEOUT if self.rng.random() < 0.3 else DISCONNECT
+        change = self._drop(user, key, how, self._tick(user, now))
+        note = f"{'heartbeat timeout' if how == TIMEOUT else 'connection lost'} {gadget.platform}"
+        if user.provider == "rongcloud" and self.rng.random() < 0.4:
+            delay = self._late()  # RongCloud: an offline after network loss can come late
+            return [_Part((change,), f"{note}, {delay // 1000} s late", delay)]
+        return [_Part((change,), note)]
+
+    def _leave(self, user: _User, now: int) -> list[_Part]:
+        parts = []
+        for key in sorted(user.online):
+            how = self.rng.choice((LOGOUT, DISCONNECT))
+            change = self._drop(user, key, how, self._tick(user, now))
+            parts.append(_Part((change,), f"leaves: {how} {change.platform}"))
+        return parts
+
+    def _flap(self, user: _User, now: int) -> list[_Part]:
+        """A reconnect: offline immediately followed by online (Tencent: maybe no offline)."""
+        key, gadget = self._pick(user)
+        name, provider = gadget.platform, user.provider
+        if provider == "tencent" and self.rng.random() < 0.4:
+            change = Change(user.name, key, name, LOGIN, self._tick(user, now))
+            return [_Part((change,), f"reconnect {name}: Login with no Disconnect")]
+        gap = self.rng.randint(200, 3000)
+        off = self._drop(user, key, DISCONNECT, self._tick(user, now - gap))
+        on = self._connect(user, gadget, self._tick(user, now))
+        off_note, on_note = f"flap {name}: offline", f"flap {name}: online {gap} ms later"
+        if provider == "rongcloud" and self.rng.random() < 0.4:
+            delay = self._late()
+            return [
+                _Part((on,), f"reconnect {name}: new session"),
+                _Part((off,), f"old session of {name} offline, {delay // 1000} s late", delay),
+            ]
+        if provider in BATCHING:
+            if self.rng.random() < 0.3:
+                return [_Part((on, off), f"flap {name}: online, offline {gap} ms before")]
+            return [_Part((off, on), f"flap {name}: offline, online {gap} ms later")]
+        if provider == "openim" and self.rng.random() < 0.3:  # two workers: reordered
+            return [_Part((on,), on_note), _Part((off,), off_note + ", sent after the online")]
+        return [_Part((off,), off_note), _Part((on,), on_note)]
+
+    def _kick(self, user: _User, now: int) -> list[_Part]:
+        """A login on a new device of the same class kicks the old one off."""
+        key, old = self._pick(user)
+        new = _Gadget(old.cls, self.rng.choice(CATALOG[user.provider][old.cls]), old.ident)
+        if new.platform == old.platform:
+            new.ident = f"{self.rng.getrandbits(24):06x}"  # another device of the same kind
+        user.gadgets[user.gadgets.index(old)] = new
+        t = self._tick(user, now)
+        kicked = self._drop(user, key, KICKED, t)
+        login = self._connect(user, new, t)
+        note = f"login {new.platform} kicks {old.platform}"
+        if new.platform == old.platform:
+            note = f"login on another {new.platform} kicks the old one"
+        if user.provider == "tencent" and self.rng.random() < 0.3:  # older SDKs: two callbacks
+            return [_Part((login,), note + " (Login)"), _Part((kicked,), note + " (Logout)")]
+        if user.provider == "tencent":
+            return [_Part((login, kicked), note + " (KickedDevice)")]
+        if user.provider == "openim":
+            return [_Part((kicked,), f"kick-off {old.platform}"), _Part((login,), note)]
+        return [_Part((kicked, login), note)]
+
+    def _admin_kick(self, user: _User, now: int) -> list[_Part]:
+        t = self._tick(user, now)
+        changes = tuple(self._drop(user, key, ADMIN_KICK, t) for key in sorted(user.online))
+        return [_Part(changes, "admin kick (OpenKickInstance): every device")]
+
+    def _custom_status(self, user: _User, now: int) -> list[_Part]:
+        key, gadget = self._pick(user)
+        change = Change(user.name, key, gadget.platform, CUSTOM_STATUS, self._tick(user, now))
+        return [_Part((change,), "custom status (not presence)")]
+
+    def _resync(self, user: _User, now: int) -> list[_Part]:
+        """OpenIM >= 3.8.2 re-sends online for every connected platform."""
+        t = self._tick(user, now)
+        return [
+            _Part((Change(user.name, key, g.platform, LOGIN, t),), f"re-sent online {g.platform}")
+            for key, g in sorted(user.online.items())
+        ]
+
+    def _late(self) -> int:
+        return self.rng.randint(2_000, max(2_000, min(30_000, self.max_lag_ms)))
+
+
+# -- one signed request per provider (pure) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The gateway app to post to and the provider secrets to sign with (dev mode's default)."""
+
+    app: str = "demo"
+    tencent_sdkappid: int = 1400000000
+    tencent_token: str = ""
+    rongcloud_app_key: str = "demo-app-key"
+    rongcloud_app_secret: str = "demo-app-secret"
+    openim_token: str = ""
+    standard_secret: str = DEV_STANDARD_SECRET
+
+    @classmethod
+    def for_app(cls, app: AppConfig) -> Target:
+        """The target that signs like the providers configured for ``app``."""
+        target = cls(app=app.id)
+        if app.tencent:
+            tc = app.tencent
+            target = replace(target, tencent_sdkappid=tc.sdkappid, tencent_token=tc.callback_token)
+        if app.rongcloud:
+            rc = app.rongcloud
+            target = replace(
+                target, rongcloud_app_key=rc.app_key, rongcloud_app_secret=rc.app_secret
+            )
+        if app.openim:
+            target = replace(target, openim_token=app.openim.token)
+        if app.standard:
+            target = replace(target, standard_secret=app.standard.secret)
+        return target
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A webhook call, ready to send."""
+
+    method: str
+    path: str  # already percent-encoded
+    query: tuple[tuple[str, str], ...]
+    headers: dict[str, str]
+    body: bytes
+
+
+_json = msgspec.json.Encoder()
+_nonces = random.SystemRandom()
+_JSON = {"content-type": "application/json"}
+
+
+def _client_ip(user: str) -> str:
+    h = zlib.crc32(user.encode())
+    return f"10.{h >> 16 & 255}.{h >> 8 & 255}.{h & 255 or 1}"
+
+
+def _hook(target: Target, provider: str) -> str:
+    return f"/v1/apps/{quote(target.app, safe='')}/webhooks/{provider}"
+
+
+def build_tencent(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
+    """``State.StateChange``; a Login may list ``KickedDevice``; signed when a token is set."""
+    first, kicked = d.changes[0], d.changes[1:]
+    action, reason = TENCENT_ACTION[first.how]
+    if first.how == ADMIN_KICK:
+        platform = "RESTAPI"
+    elif first.platform == "mac" and d.style % 2:
+        platform = "macOS"
+    else:
+        platform = TENCENT_OPT[first.platform]
+    body: dict[str, object] = {
+        "CallbackCommand": tencent.COMMAND,
+        "EventTime": first.time,
+        "Info": {"Action": action, "To_Account": first.user, "Reason": reason},
+    }
+    if kicked and first.how == LOGIN:
+        assert all(c.how == KICKED and c.time == first.time for c in kicked), d
+        body["KickedDevice"] = [{"Platform": TENCENT_KICKED[c.platform]} for c in kicked]
+    query = [
+        ("SdkAppid", str(target.tencent_sdkappid)),
+        ("CallbackCommand", tencent.COMMAND),
+        ("contenttype", "json"),
+        ("ClientIP", _client_ip(first.user)),
+        ("OptPlatform", platform),
+    ]
+    if target.tencent_token:
+        request_time = str(now_ms // 1000)
+        query += [
+            ("RequestTime", request_time),
+            ("Sign", tencent.sign(target.tencent_token, request_time)),
+        ]
+    return HttpRequest(
+        "POST", _hook(target, "tencent"), tuple(query), dict(_JSON), _json.encode(body)
+    )
+
+
+def build_rongcloud(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
+    """A JSON array of status events; the query signs secret + nonce + timestamp."""
+    status = {LOGIN: "0", LOGOUT: "2"}
+    body = [
+        {
+            "userid": c.user,
+            "status": status.get(c.how, "1"),
+            "os": RONGCLOUD_OS[c.platform],
+            "time": c.time,
+            "clientIp": f"{_client_ip(c.user)}:{40000 + zlib.crc32(c.device.encode()) % 20000}",
+            "sessionId": c.device,
+        }
+        for c in d.changes
+    ]
+    nonce = str(_nonces.randrange(10**9))
+    if d.style == 3:  # the oldest form: rc-* names, timestamp in seconds
+        ts = str(now_ms // 1000)
+        names = ("rc-nonce", "rc-timestamp", "rc-signature")
+    else:
+        ts = str(now_ms)
+        names = ("nonce", "signTimestamp" if d.style == 2 else "timestamp", "signature")
+    signature = rongcloud.sign(target.rongcloud_app_secret, nonce, ts)
+    query = (("appKey", target.rongcloud_app_key), *zip(names, (nonce, ts, signature), strict=True))
+    return HttpRequest("POST", _hook(target, "rongcloud"), query, dict(_JSON), _json.encode(body))
+
+
+def build_openim(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
+    """An OpenIM user callback; its command in the path, ``?command=`` or only the body."""
+    (c,) = d.changes
+    kind = "Online" if c.online else ("KickOff" if c.how == KICKED else "Offline")
+    # style 0: v3.7+ path; 1: v3.5-3.6 path; 2: v3.0-3.4 ?command=; 3: only in the body
+    command = f"callback{'After' if d.style in (0, 3) else ''}User{kind}Command"
+    pid, name = OPENIM_PLATFORM[c.platform]
+    body: dict[str, object] = {
+        "callbackCommand": command,
+        "operationID": f"sim-{d.id}",
+        "platformID": pid,
+        "platform": name,
+        "userID": c.user,
+        "seq": c.time,
+        "connID": "" if d.style == 0 else f"{c.device}-{zlib.crc32(c.user.encode()):08x}",
+    }
+    if c.online:
+        body["isAppBackground"] = False
+    path = _hook(target, "openim")
+    if target.openim_token:
+        path += "/" + quote(target.openim_token, safe="")
+    query: tuple[tuple[str, str], ...] = ()
+    if d.style in (0, 1):
+        path += "/" + command
+    elif d.style == 2:
+        query = (("command", command),)
+    headers = _JSON | {"operationID": f"sim-{d.id}"}
+    return HttpRequest("POST", path, query, headers, _json.encode(body))
+
+
+def build_standard(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
+    """Our own event format, signed per the Standard Webhooks spec (``webhook-*`` headers)."""
+    status = {LOGIN: "online", LOGOUT: "logout", ADMIN_KICK: "logout"}
+    events = [
+        {
+            "user": c.user,
+            "device": c.device,
+            "platform": c.platform,
+            "status": status.get(c.how, "offline"),
+            "time": c.time,
+        }
+        for c in d.changes
+    ]
+    body = _json.encode({"events": events})
+    headers = _JSON | standard.sign(target.standard_secret, d.msg_id, body, now_ms // 1000)
+    return HttpRequest("POST", _hook(target, "standard"), (), headers, body)
+
+
+BUILDERS: dict[str, Callable[[Delivery, Target, int], HttpRequest]] = {
+    "tencent": build_tencent,
+    "rongcloud": build_rongcloud,
+    "openim": build_openim,
+    "standard": build_standard,
+}
+
+
+def build(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
+    """The signed request for ``d``, as its provider would send it at ``now_ms``."""
+    return BUILDERS[d.provider](d, target, now_ms)
+
+
+# -- sending (I/O) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How fast and how long to send."""
+
+    rate: float = 2.0  # webhooks per second
+    duration_s: float | None = None  # None: until stopped
+    count: int | None = None  # stop after this many webhooks (then flush the late ones)
+    concurrency: int = 1  # requests in flight; > 1 delivers out of order, like OpenIM's workers
+    timeout_s: float = 5.0  # per request (RongCloud waits 5 s, Tencent 2 s)
+    backoff_s: float = 0.5  # first wait after a failure; doubles up to backoff_max_s
+    backoff_max_s: float = 10.0
+    max_5xx_tries: int = 5  # a 5xx answer is retried (nothing was applied) this many times
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The gateway's answer to one webhook."""
+
+    delivery: Delivery
+    status: int
+    reason: str  # the error reason from a non-2xx body, else ""
+
+
+@dataclass
+class Summary:
+    """What a run did."""
+
+    sent: int = 0  # webhooks answered (any status)
+    events: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    non_2xx: int = 0
+    network_errors: int = 0  # attempts that got no answer
+    undelivered: int = 0  # webhooks given up (stopped while failing)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.sent > 0 and self.non_2xx == 0 and self.undelivered == 0
+
+    def line(self) -> str:
+        rate = self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        text = (
+            f"sent {self.sent} webhooks ({self.events} events) in {self.elapsed_s:.1f} s "
+            f"({rate:.1f}/s); non-2xx: {self.non_2xx}"
+        )
+        bad = sorted((s, n) for s, n in self.statuses.items() if not 200 <= s < 300)
+        if bad:
+            text += " (" + ", ".join(f"{n}x {s}" for s, n in bad) + ")"
+        if self.network_errors:
+            text += f"; network errors: {self.network_errors}"
+        if self.undelivered:
+            text += f"; not delivered: {self.undelivered}"
+        return text
+
+
+def _reason(response: httpx.Response) -> str:
+    """The short reason of a provider-shaped error body."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:80]
+    if isinstance(data, dict):
+        for key in ("ErrorInfo", "errMsg", "error"):
+            if data.get(key):
+                return str(data[key])[:80]
+    return ""
+
+
+def format_result(result: Result) -> str:
+    """One line per webhook: id, provider, users, what happened, status."""
+    d = result.delivery
+    users = ",".join(d.users)
+    users = users if len(users) <= 14 else users[:13] + "…"
+    line = f"#{d.id:<5} {d.provider:<9} {users:<14} {d.note:<52} {result.status}"
+    return f"{line} {result.reason}" if result.reason else line
+
+
+class _Sender:
+    """Posts deliveries, retries through outages with backoff, keeps the summary."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        target: Target,
+        options: Options,
+        stop: asyncio.Event,
+        on_result: Callable[[Result], None],
+        warn: Callable[[str], None],
+    ) -> None:
+        self.client, self.target, self.options, self.stop = client, target, options, stop
+        self.on_result, self.warn = on_result, warn
+        self.summary = Summary()
+        self._down_since: float | None = None
+        self._jitter = random.Random()
+
+    async def worker(self, queue: asyncio.Queue[Delivery | None]) -> None:
+        while (delivery := await queue.get()) is not None:
+            await self.deliver(delivery)
+
+    async def deliver(self, d: Delivery) -> None:
+        failures = 0
+        while True:
+            req = build(d, self.target, clock_ms())
+            try:
+                response = await self.client.request(
+                    req.method, req.path, params=req.query, headers=req.headers, content=req.body
+                )
+            except httpx.TransportError as exc:
+                self.summary.network_errors += 1
+                failures += 1
+                wait = self._backoff(failures)
+                self._went_down(exc, wait)
+                if await _stopped(self.stop, wait):
+                    self.summary.undelivered += 1
+                    return
+                continue
+            self._came_back()
+            status = response.status_code
+            ok = 200 <= status < 300
+            self.summary.sent += 1
+            self.summary.statuses[status] += 1
+            if ok:
+                self.summary.events += len(d.changes)
+            else:
+                self.summary.non_2xx += 1
+            self.on_result(Result(d, status, "" if ok else _reason(response)))
+            if status < 500 or self.stop.is_set():
+                return
+            failures += 1  # 5xx: nothing was applied; a provider that retries would retry
+            if failures >= self.options.max_5xx_tries:
+                self.summary.undelivered += 1
+                return
+            if await _stopped(self.stop, self._backoff(failures)):
+                self.summary.undelivered += 1
+                return
+
+    def _backoff(self, failures: int) -> float:
+        base = min(self.options.backoff_max_s, self.options.backoff_s * 2.0 ** (failures - 1))
+        return base * self._jitter.uniform(0.8, 1.2)
+
+    def _went_down(self, exc: httpx.TransportError, wait: float) -> None:
+        now = time.monotonic()
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self._down_since is None:
+            self._down_since = now
+            self.warn(f"gateway unreachable at {self.client.base_url} ({what}); retrying")
+        else:
+            down = now - self._down_since
+            self.warn(f"still unreachable after {down:.0f} s ({what}); next try in {wait:.1f} s")
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            down = time.monotonic() - self._down_since
+            self._down_since = None
+            self.warn(f"gateway reachable again after {down:.1f} s")
+
+
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` unless ``stop`` is set first; whether it was."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    return stop.is_set()
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def run(
+    sim: Simulation,
+    target: Target,
+    url: str = DEFAULT_URL,
+    options: Options | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    on_result: Callable[[Result], None] | None = None,
+    warn: Callable[[str], None] = _stderr,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Summary:
+    """Send ``sim``'s webhooks to the gateway at ``url`` until the duration, count or ``stop``.
+
+    Webhooks go out at ``options.rate`` per second. A gateway that does not answer is
+    reported through ``warn`` and retried with backoff; nothing raises. At the end the late
+    deliveries still held back are sent too, so the gateway ends in ``sim.expected()``.
+    """
+    options = options or Options()
+    stop = stop or asyncio.Event()
+    report = on_result or (lambda result: None)
+    started = time.monotonic()
+    deadline = started + options.duration_s if options.duration_s else None
+    queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=options.concurrency)
+    timeout = httpx.Timeout(options.timeout_s)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport) as client:
+        sender = _Sender(client, target, options, stop, report, warn)
+        async with asyncio.TaskGroup() as group:
+            for _ in range(options.concurrency):
+                group.create_task(sender.worker(queue))
+            try:
+                await _produce(sim, options, queue, stop, deadline)
+                for delivery in sim.flush(clock_ms()):
+                    await queue.put(delivery)
+            finally:
+                for _ in range(options.concurrency):
+                    await queue.put(None)
+    sender.summary.elapsed_s = time.monotonic() - started
+    return sender.summary
+
+
+async def _produce(
+    sim: Simulation,
+    options: Options,
+    queue: asyncio.Queue[Delivery | None],
+    stop: asyncio.Event,
+    deadline: float | None,
+) -> None:
+    """Queue deliveries at the rate; after a stall, resume the rate rather than burst."""
+    interval = 1.0 / options.rate
+    pending: deque[Delivery] = deque()
+    produced = 0
+    next_at = time.monotonic()
+    while not stop.is_set() and (options.count is None or produced < options.count):
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return
+        if next_at > now:
+            until = next_at if deadline is None else min(next_at, deadline)
+            await _stopped(stop, until - now)
+            continue
+        if not pending:
+            pending.extend(sim.step(clock_ms()))
+        await queue.put(pending.popleft())
+        produced += 1
+        next_at = max(next_at + interval, time.monotonic() - interval)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def _problem(args: argparse.Namespace) -> str | None:
+    if not args.url.startswith(("http://", "https://")):
+        return "--url must start with http:// or https://"
+    checks = [
+        (args.users >= 1, "--users must be at least 1"),
+        (args.rate > 0, "--rate must be > 0"),
+        (args.duration is None or args.duration >= 0, "--duration must be >= 0"),
+        (args.count is None or args.count >= 1, "--count must be at least 1"),
+        (args.concurrency >= 1, "--concurrency must be at least 1"),
+    ]
+    return next((message for ok, message in checks if not ok), None)
+
+
+async def _run_command(
+    sim: Simulation, target: Target, url: str, options: Options, quiet: bool
+) -> Summary:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+
+    def interrupted() -> None:
+        _stderr("stopping (sending the late webhooks still held); Ctrl-C again to quit now")
+        stop.set()
+        for sig in handled:  # a second Ctrl-C raises KeyboardInterrupt
+            loop.remove_signal_handler(sig)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, interrupted)
+                handled.append(sig)
+
+    def show(result: Result) -> None:
+        if not quiet or not 200 <= result.status < 300:
+            print(format_result(result), flush=True)
+
+    try:
+        return await run(sim, target, url, options, stop=stop, on_result=show)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``presence-gateway simulate``: 0 when every webhook got a 2xx answer, else 1 (2: usage)."""
+    if problem := _problem(args):
+        _stderr(f"simulate: {problem}")
+        return 2
+    providers = PROVIDER_NAMES if args.provider == "mixed" else (args.provider,)
+    sim = Simulation(user_ids(args.users), providers, args.seed)
+    target = Target(
+        app=args.app,
+        tencent_sdkappid=args.tencent_sdkappid,
+        tencent_token=args.tencent_token,
+        rongcloud_app_key=args.rongcloud_app_key,
+        rongcloud_app_secret=args.rongcloud_app_secret,
+        openim_token=args.openim_token,
+        standard_secret=args.standard_secret,
+    )
+    options = Options(
+        rate=args.rate,
+        duration_s=args.duration or None,
+        count=args.count,
+        concurrency=args.concurrency,
+    )
+    url = args.url.rstrip("/")
+    limits = [f"{args.duration:g} s"] if args.duration else []
+    limits += [f"{args.count} webhooks"] if args.count else []
+    how_long = "for " + " or ".join(limits) if limits else "until Ctrl-C"
+    _stderr(
+        f"simulating {args.users} users ({', '.join(providers)}) at {args.rate:g} webhooks/s "
+        f"{how_long} -> {url}, app {args.app}"
+    )
+    try:
+        summary = asyncio.run(_run_command(sim, target, url, options, args.quiet))
+    except KeyboardInterrupt:
+        _stderr("simulate: interrupted")
+        return 130
+    print(summary.line(), flush=True)
+    return 0 if summary.ok else 1
