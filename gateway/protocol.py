@@ -74,6 +74,8 @@ def decode(data: str | bytes) -> ClientMessage:
             env = _envelope.decode(data)
         except msgspec.DecodeError:
             raise BadMessage("bad_request", "not a JSON object with a string type") from None
+        if env.type is None:
+            raise BadMessage("bad_request", "missing type", env.id) from None
         if env.type not in KNOWN_TYPES:
             raise BadMessage(
                 "unknown_type", f"unknown type {str(env.type)[:32]!r}", env.id

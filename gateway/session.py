@@ -201,14 +201,14 @@ class Session:
             async with asyncio.timeout(HELLO_TIMEOUT):
                 text = await self._receive()
         except TimeoutError:
-            self.close(4001, "no hello within 10 s")
+            self.close(4001, f"no hello within {HELLO_TIMEOUT:g} s")
             return False
         if text is None:
             return False
-        try:
-            hello = decode(text)
-        except BadMessage:
-            hello = None
+        hello: object = None
+        if isinstance(text, str):
+            with contextlib.suppress(BadMessage):
+                hello = decode(text)
         if not isinstance(hello, Hello):
             self.close(4001, "the first message must be hello")
             return False
@@ -224,24 +224,25 @@ class Session:
         self.send(Welcome(user=claims.sub, max_watch=self.app.max_watch, heartbeat_ms=HEARTBEAT_MS))
         return True
 
-    async def _receive(self) -> str | None:
-        """The next text message; None once the connection is gone or was closed."""
-        while not self.closed:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                self.closed = True
-                return None
-            text = message.get("text")
-            if text is not None:
-                return str(text)
-            self.send(Error(id=None, code="bad_request", message="text frames only"))
-        return None
+    async def _receive(self) -> str | bytes | None:
+        """The next message (bytes for a binary one); None once the connection is gone."""
+        if self.closed:
+            return None
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            self.closed = True
+            return None
+        text = message.get("text")
+        return str(text) if text is not None else bytes(message.get("bytes") or b"")
 
     async def _serve(self) -> None:
         while (text := await self._receive()) is not None:
-            if not self._take_token():
+            if not self._take_token():  # every frame counts, binary ones included
                 self.close(4009, "too many messages")
                 return
+            if isinstance(text, bytes):
+                self.send(Error(id=None, code="bad_request", message="text frames only"))
+                continue
             try:
                 message = decode(text)
             except BadMessage as exc:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
 import json
+import socket
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -11,8 +16,22 @@ from websockets.exceptions import ConnectionClosed
 from gateway import tokens
 
 
+def forge(header: dict[str, Any], payload: dict[str, Any], key: str | None = None) -> str:
+    """A JWT built by hand: any header (``alg: none``, RS256…), HMAC-SHA256 signed with
+    ``key`` when given, else with an empty signature."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(payload).encode())
+    sig = b""
+    if key is not None:
+        sig = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(sig)
+
+
 class Client:
-    """One connection; ``recv`` returns decoded messages with a timeout."""
+    """One connection; reads return decoded messages and fail after ``wait`` seconds."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
@@ -20,15 +39,35 @@ class Client:
 
     @classmethod
     async def open(
-        cls, base: str, app: str, origin: str | None = None, max_size: int | None = 2**24
+        cls,
+        base: str,
+        app: str,
+        origin: str | None = None,
+        max_size: int | None = 2**24,
+        rcvbuf: int | None = None,
     ) -> Client:
+        """Connect (no hello yet); ``rcvbuf`` shrinks the socket's receive buffer first."""
         headers = {"Origin": origin} if origin else None
+        url = f"{base}/v1/apps/{app}/ws"
+        sock: socket.socket | None = None
+        if rcvbuf is not None:
+            host, _, port = base.removeprefix("ws://").partition(":")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+            except BaseException:
+                sock.close()
+                raise
         ws = await connect(
-            f"{base}/v1/apps/{app}/ws",
+            url,
             additional_headers=headers,
             max_size=max_size,
-            open_timeout=5,
+            open_timeout=10,
             ping_interval=None,
+            close_timeout=2,
+            sock=sock,
         )
         return cls(ws)
 
@@ -38,21 +77,36 @@ class Client:
     ) -> Client:
         """Open, hello with a fresh token, and check the welcome."""
         client = await cls.open(base, app)
-        token = tokens.issue(secret, app, user, **claims)
-        await client.send({"type": "hello", "token": token})
-        welcome = await client.recv()
-        assert welcome["type"] == "welcome" and welcome["user"] == user, welcome
+        try:
+            token = tokens.issue(secret, app, user, **claims)
+            welcome = await client.hello(token)
+            assert welcome["type"] == "welcome" and welcome["user"] == user, welcome
+        except BaseException:
+            await client.close()
+            raise
         return client
+
+    async def hello(self, token: str) -> dict[str, Any]:
+        """Send ``hello`` and return the server's first reply."""
+        await self.send({"type": "hello", "token": token})
+        return await self.recv()
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))
 
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        import asyncio
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send a text (str) or binary (bytes) frame as is."""
+        await self.ws.send(data)
 
-        async with asyncio.timeout(timeout):
+    async def recv_text(self, wait: float = 5.0) -> str:
+        """The next frame's text, undecoded; fails after ``wait`` seconds."""
+        async with asyncio.timeout(wait):
             data = await self.ws.recv()
-        message: dict[str, Any] = json.loads(data)
+        assert isinstance(data, str), f"the server sent a binary frame: {data!r}"
+        return data
+
+    async def recv(self, wait: float = 5.0) -> dict[str, Any]:
+        message: dict[str, Any] = json.loads(await self.recv_text(wait))
         return message
 
     async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
@@ -61,7 +115,7 @@ class Client:
         await self.send({"type": type_, "id": self.next_id, **fields})
         while True:
             message = await self.recv()
-            if message.get("id") == self.next_id:
+            if message.get("id") == self.next_id and message["type"] != "presence":
                 return message
 
     async def watch(self, *users: str) -> dict[str, dict[str, Any]]:
@@ -69,24 +123,29 @@ class Client:
         assert reply["type"] == "snapshot", reply
         return {s["user"]: s for s in reply["presence"]}
 
-    async def next_presence(self, user: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def next_presence(self, user: str, wait: float = 5.0) -> dict[str, Any]:
         while True:
-            message = await self.recv(timeout)
+            message = await self.recv(wait)
             if message["type"] == "presence" and message["user"] == user:
                 return message
 
-    async def closed_with(self, timeout: float = 15.0) -> tuple[int | None, str]:
+    async def closed_with(self, wait: float = 15.0) -> tuple[int | None, str]:
         """Read until the server closes; the close code and reason."""
-        import asyncio
-
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 while True:
                     await self.ws.recv()
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
             return (rcvd.code, rcvd.reason) if rcvd else (None, "")
         raise AssertionError("unreachable")
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket, like a client whose tab is frozen."""
+        self.ws.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.ws.transport.resume_reading()
 
     async def close(self) -> None:
         await self.ws.close()
