@@ -1,0 +1,325 @@
+"""The Redis backend: the presence map in Redis or Redis Cluster, merged by one Lua call per user.
+
+Layout (``<prefix>`` is ``pg`` unless configured; ``<tag>`` is ``<app>/<user>`` with ``%``, ``{``
+and ``}`` of the user id percent-escaped, so the whole tag is the Cluster hash tag and a user's
+key and channel always share a slot)::
+
+    <prefix>:u:{<tag>}   hash  d:<device> -> "<time>,<0|1>,<platform>"   device records
+                               s -> the last published state (JSON)   v -> its version
+    <prefix>:c:{<tag>}   shard channel: every state published for the user (SPUBLISH)
+
+    <prefix>:grace       sorted set  <tag> -> when the user's offline grace ends (ms)
+
+``lua/apply.lua`` merges one user's events, stores and publishes in one atomic step. A webhook
+batch costs one round trip per Redis node: one pipeline of EVALSHA calls, one per user.
+
+Offline grace: apply.lua marks a user whose last device went offline (field ``g`` of its hash)
+instead of publishing; the caller then indexes it in ``<prefix>:grace``. ``sweep`` (every node
+runs it) takes the due entries and runs apply.lua in "sweep" mode per user: the hash, not the
+index, decides, atomically, so each grace ends with exactly one publish however many nodes
+sweep. The index is only a hint: a retried webhook re-indexes a user still waiting.
+While a user has an online device the key never expires; once every device is offline it
+expires after ``session_retention_s + max_event_age_s``, by when the merge would have pruned
+every tombstone anyway (the published state, last-seen included, goes with it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, cast
+
+import msgspec
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from gateway.backends.base import ApplyResult, PresenceSettings
+from gateway.backends.memory import clock_ms
+from gateway.errors import StoreUnavailable
+from gateway.model import DeviceRecord, PresenceEvent, UserState, state_decoder
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 1.0  # webhooks get ~2 s in all (Tencent): fail fast, answer 503
+SOCKET_TIMEOUT_S = 2.0
+SWEEP_BATCH = 500  # grace entries per sweep round trip
+
+
+def _lua(name: str) -> str:
+    return resources.files("gateway.backends").joinpath(f"lua/{name}").read_text()
+
+
+APPLY_LUA = _lua("apply.lua")
+GRACE_DONE_LUA = _lua("grace_done.lua")
+
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+_json = msgspec.json.Encoder()
+
+
+def user_tag(app: str, user: str) -> str:
+    """The hash tag of a user's key and channel: ``app/user`` with no ``{`` or ``}`` left."""
+    return f"{app}/{user.translate(_ESCAPES)}"
+
+
+def user_key(prefix: str, app: str, user: str) -> str:
+    """The hash holding a user's device records and last published state."""
+    return f"{prefix}:u:{{{user_tag(app, user)}}}"
+
+
+def user_channel(prefix: str, app: str, user: str) -> str:
+    """The shard channel a user's states are published on."""
+    return f"{prefix}:c:{{{user_tag(app, user)}}}"
+
+
+def grace_index(prefix: str) -> str:
+    """The sorted set of users whose offline waits out the grace, by when it ends."""
+    return f"{prefix}:grace"
+
+
+def parse_tag(tag: str | bytes) -> tuple[str, str] | None:
+    """``(app, user)`` of a tag made by ``user_tag``; None when it is not one."""
+    if isinstance(tag, bytes):
+        tag = tag.decode()
+    app, sep, escaped = tag.partition("/")
+    if not sep or not app:
+        return None
+    parts = escaped.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        out.append(chr(int(part[:2], 16)) + part[2:])
+    return app, "".join(out)
+
+
+def parse_channel(prefix: str, channel: str | bytes) -> tuple[str, str] | None:
+    """``(app, user)`` of a channel made by ``user_channel``; None when it is not one."""
+    if isinstance(channel, bytes):
+        channel = channel.decode()
+    head = f"{prefix}:c:{{"
+    if not channel.startswith(head) or not channel.endswith("}"):
+        return None
+    return parse_tag(channel[len(head) : -1])
+
+
+@contextmanager
+def unavailable(what: str) -> Iterator[None]:
+    """Turn any Redis failure inside the block into ``StoreUnavailable``."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise StoreUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _record(raw: bytes) -> DeviceRecord:
+    time, online, platform = raw.decode().split(",", 2)
+    return DeviceRecord(time=int(time), online=online == "1", platform=platform)
+
+
+class RedisStore:
+    """The presence map in Redis (standalone or Cluster); see the module doc for the layout."""
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        settings: PresenceSettings,
+        prefix: str = "pg",
+    ) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"key prefix must be non-empty without braces: {prefix!r}")
+        self.client = client
+        self.settings = settings
+        self.prefix = prefix
+        self._apply_sha = client.register_script(APPLY_LUA).sha
+        self._grace_done_sha = client.register_script(GRACE_DONE_LUA).sha
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool,
+        settings: PresenceSettings,
+        prefix: str = "pg",
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        socket_timeout: float = SOCKET_TIMEOUT_S,
+    ) -> RedisStore:
+        """A store on ``url``; with ``cluster`` the URL names any one node of the cluster.
+
+        Connections are made lazily: constructing the store never fails on a down Redis.
+        """
+        return cls(
+            connect(
+                url, cluster=cluster, connect_timeout=connect_timeout, socket_timeout=socket_timeout
+            ),
+            settings=settings,
+            prefix=prefix,
+        )
+
+    def key(self, app: str, user: str) -> str:
+        return user_key(self.prefix, app, user)
+
+    def channel(self, app: str, user: str) -> str:
+        return user_channel(self.prefix, app, user)
+
+    def _call(
+        self, mode: str, now: int, app: str, user: str, events: Sequence[PresenceEvent] = ()
+    ) -> tuple[Any, ...]:
+        """The EVALSHA arguments of one apply.lua call (see its header)."""
+        max_age = self.settings.max_event_age_s * 1000
+        retention = self.settings.session_retention_s * 1000
+        grace = self.settings.offline_grace_ms
+        argv = [mode, now, max_age, retention, retention + max_age, grace, _json.encode(user)]
+        for ev in events:
+            argv += (ev.device, ev.time, 1 if ev.online else 0, ev.platform)
+        return (self._apply_sha, 2, self.key(app, user), self.channel(app, user), *argv)
+
+    async def apply(
+        self, app: str, events: Sequence[PresenceEvent], now_ms: int | None = None
+    ) -> ApplyResult:
+        now = clock_ms() if now_ms is None else now_ms
+        by_user: dict[str, list[PresenceEvent]] = {}
+        for ev in events:
+            by_user.setdefault(ev.user, []).append(ev)
+        result = ApplyResult(published=[])
+        if not by_user:
+            return result
+        calls = [self._call("apply", now, app, user, evs) for user, evs in by_user.items()]
+        waiting: dict[str, int] = {}
+        with unavailable("apply"):
+            replies = await self._eval_all(calls)
+            for user, (applied, ignored, state, grace_end) in zip(by_user, replies, strict=True):
+                result.applied += applied
+                result.ignored += ignored
+                if state is not None:
+                    result.published.append(state_decoder.decode(state))
+                if grace_end is not None:
+                    waiting[user_tag(app, user)] = grace_end
+            if waiting:
+                await self.client.zadd(grace_index(self.prefix), waiting)
+        return result
+
+    async def sweep(self, now_ms: int | None = None) -> int:
+        now = clock_ms() if now_ms is None else now_ms
+        index = grace_index(self.prefix)
+        published = 0
+        with unavailable("sweep"):
+            while True:
+                due = cast(
+                    "list[tuple[bytes, float]]",
+                    await self.client.zrangebyscore(
+                        index, "-inf", now, start=0, num=SWEEP_BATCH, withscores=True
+                    ),
+                )
+                if not due:
+                    return published
+                # Members are tags this store wrote; "" keys of a stray one sweep nothing.
+                users = [parse_tag(tag) or ("", "") for tag, _ in due]
+                calls = [self._call("sweep", now, app, user) for app, user in users]
+                replies = await self._eval_all(calls)
+                still: dict[bytes, int] = {}
+                done: list[bytes | int] = []
+                for (tag, score), (_, _, state, grace_end) in zip(due, replies, strict=True):
+                    published += state is not None
+                    if grace_end is not None:
+                        still[tag] = grace_end  # a new grace began since: index its end
+                    else:
+                        done += (tag, int(score))
+                calls = [(self._grace_done_sha, 1, index, *done)] if done else []
+                if still:
+                    await self.client.zadd(index, still)
+                await self._eval_all(calls)
+                if len(due) < SWEEP_BATCH:
+                    return published
+
+    async def _eval_all(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """Run EVALSHA ``calls`` in one pipeline (one round trip per node), in order.
+
+        A node that lost its script cache (restart, failover) answers NOSCRIPT without running
+        anything: load the scripts and run those calls again.
+        """
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            if not todo:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for i in todo:
+                # The cluster pipeline refuses pipe.evalsha(); the raw command routes by key.
+                pipe.execute_command("EVALSHA", *calls[i])
+            replies = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = reply
+            if missing:
+                await self.client.script_load(APPLY_LUA)
+                await self.client.script_load(GRACE_DONE_LUA)
+            todo = missing
+        return results
+
+    async def get(self, app: str, users: Sequence[str]) -> list[UserState]:
+        if not users:
+            return []
+        with unavailable("get"):
+            pipe = self.client.pipeline(transaction=False)
+            for user in users:
+                pipe.hget(self.key(app, user), "s")
+            raw = await pipe.execute()
+        return [
+            UserState(user) if state is None else state_decoder.decode(state)
+            for user, state in zip(users, raw, strict=True)
+        ]
+
+    async def records(self, app: str, user: str) -> dict[str, DeviceRecord]:
+        with unavailable("records"):
+            fields = cast("dict[bytes, bytes]", await self.client.hgetall(self.key(app, user)))
+        return {
+            field[2:].decode(): _record(value)
+            for field, value in fields.items()
+            if field.startswith(b"d:")
+        }
+
+    async def ping(self) -> None:
+        with unavailable("ping"):
+            if isinstance(self.client, RedisCluster):
+                await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self.client.ping()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.client.aclose()
+
+
+def connect(
+    url: str,
+    *,
+    cluster: bool,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    socket_timeout: float | None = SOCKET_TIMEOUT_S,
+) -> Redis | RedisCluster:
+    """A lazily connecting client for ``url``, with short timeouts and one quick retry."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
+        # One immediate retry on a dropped connection (a pooled connection that went stale in
+        # a restart); none on a timeout: the webhook waiting has a 2 s budget.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    }
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, **options)

@@ -1,0 +1,185 @@
+"""RedisStore beyond the shared contract: key layout, expiry, script cache, outages."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from gateway.backends.base import PresenceSettings
+from gateway.backends.redis import RedisStore, parse_channel, user_channel, user_key
+from gateway.errors import StoreUnavailable
+from gateway.model import PresenceEvent, UserState
+from tests.servers import RedisServer, free_port
+
+pytestmark = pytest.mark.redis
+
+NOW = 1_763_700_000_000
+APP_IDS = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+USER_IDS = st.text(min_size=1, max_size=256)
+
+
+def on(user: str, device: str, time: int) -> PresenceEvent:
+    return PresenceEvent(user=user, device=device, platform="ios", online=True, time=time)
+
+
+def off(user: str, device: str, time: int) -> PresenceEvent:
+    return PresenceEvent(user=user, device=device, platform="ios", online=False, time=time)
+
+
+@given(app=APP_IDS, user=USER_IDS)
+def test_key_and_channel_share_slot_and_parse_back(app: str, user: str) -> None:
+    """Any user id (braces, slashes, percent signs) keeps key and channel on one slot."""
+    key, channel = user_key("pg", app, user), user_channel("pg", app, user)
+    assert key_slot(key.encode()) == key_slot(channel.encode())
+    assert key.count("{") == 1 and key.count("}") == 1  # the whole tag is the hash tag
+    assert parse_channel("pg", channel) == (app, user)
+    assert parse_channel("pg", channel.encode()) == (app, user)
+
+
+def test_parse_channel_rejects_foreign_channels() -> None:
+    """Channels of another prefix or shape are not mistaken for user channels."""
+    assert parse_channel("pg", user_channel("other", "a", "b")) is None
+    assert parse_channel("pg", "pg:c:{noslash}") is None
+    assert parse_channel("pg", "pg:u:{a/b}") is None
+
+
+def test_prefix_with_braces_refused() -> None:
+    """A key prefix holding a brace would break the hash tag, so it is refused."""
+    with pytest.raises(ValueError, match="prefix"):
+        RedisStore(Redis(), settings=PresenceSettings(), prefix="p{x}")
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    settings = PresenceSettings(session_retention_s=100, max_event_age_s=50)
+    made = RedisStore.from_url(
+        redis_url, cluster=False, settings=settings, prefix=f"t{uuid.uuid4().hex[:12]}"
+    )
+    yield made
+    await made.close()
+
+
+async def test_key_expires_only_when_all_offline(store: RedisStore, raw: Redis) -> None:
+    """The user's key has no TTL while a device is online, retention + max age once offline."""
+    key = store.key("app", "bob")
+    await store.apply("app", [on("bob", "d1", NOW)], NOW)
+    assert await raw.pttl(key) == -1
+    await store.apply("app", [off("bob", "d1", NOW + 1)], NOW + 1)
+    assert 140_000 < await raw.pttl(key) <= 150_000
+    await store.apply("app", [on("bob", "d2", NOW + 2)], NOW + 2)
+    assert await raw.pttl(key) == -1
+
+
+async def test_record_layout(store: RedisStore, raw: Redis) -> None:
+    """Device records and the published state live in one hash, compactly encoded."""
+    result = await store.apply("app", [on("bob", "d1", NOW)], NOW)
+    fields = await raw.hgetall(store.key("app", "bob"))
+    assert fields[b"d:d1"] == b"%d,1,ios" % NOW
+    assert fields[b"v"] == b"%d" % NOW
+    assert fields[b"s"] == (
+        b'{"user":"bob","status":"online","since":%d,' % NOW
+        + b'"devices":[{"platform":"ios","since":%d}],"v":%d}' % (NOW, NOW)
+    )
+    assert result.published[0].v == NOW
+
+
+async def test_reloads_flushed_script(store: RedisStore, raw: Redis) -> None:
+    """After the server lost its script cache (NOSCRIPT), apply loads it and succeeds."""
+    await store.apply("app", [on("bob", "d1", NOW)], NOW)
+    await raw.script_flush()
+    result = await store.apply("app", [off("bob", "d1", NOW + 1), on("amy", "d", NOW)], NOW + 1)
+    assert result.applied == 2 and len(result.published) == 2
+
+
+async def test_unreachable_url_raises_store_unavailable() -> None:
+    """A store pointed at a closed port raises StoreUnavailable from every method."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    store = RedisStore.from_url(url, cluster=False, settings=PresenceSettings())
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    with pytest.raises(StoreUnavailable):
+        await store.apply("app", [on("bob", "d1", NOW)], NOW)
+    with pytest.raises(StoreUnavailable):
+        await store.get("app", ["bob"])
+    with pytest.raises(StoreUnavailable):
+        await store.records("app", "bob")
+    await store.close()
+
+
+async def test_apply_fails_then_recovers_across_restart(redis_proc: RedisServer) -> None:
+    """While Redis is down apply and ping raise StoreUnavailable; after restart apply works."""
+    store = RedisStore.from_url(redis_proc.url, cluster=False, settings=PresenceSettings())
+    try:
+        assert (await store.apply("app", [on("bob", "d1", NOW)], NOW)).applied == 1
+        await redis_proc.astop()
+        with pytest.raises(StoreUnavailable):
+            await store.apply("app", [off("bob", "d1", NOW + 1)], NOW + 1)
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.get("app", ["bob"])
+        await redis_proc.astart()  # the data is gone: no persistence in tests
+        await store.ping()
+        result = await store.apply("app", [off("bob", "d1", NOW + 1)], NOW + 1)
+        assert result.published == [UserState("bob", "offline", NOW + 1, [], NOW + 1)]
+    finally:
+        await store.close()
+
+
+async def test_hung_server_times_out(redis_proc: RedisServer) -> None:
+    """A server that stops answering (SIGSTOP) fails a call within the socket timeout."""
+    store = RedisStore.from_url(
+        redis_proc.url, cluster=False, settings=PresenceSettings(), socket_timeout=0.3
+    )
+    try:
+        await store.ping()
+        assert redis_proc.proc is not None
+        redis_proc.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="Timeout"):
+                await store.apply("app", [on("bob", "d1", NOW)], NOW)
+            assert time.monotonic() - started < 1.5
+        finally:
+            redis_proc.proc.send_signal(signal.SIGCONT)
+        assert (await store.apply("app", [on("bob", "d1", NOW)], NOW)).applied == 1
+    finally:
+        await store.close()
+
+
+async def test_retried_webhook_reindexes_a_lost_grace(redis_url: str, raw: Redis) -> None:
+    """If the grace index entry is lost, the provider's retry of the offline restores it."""
+    store = RedisStore.from_url(
+        redis_url,
+        cluster=False,
+        settings=PresenceSettings(offline_grace_ms=1000),
+        prefix=f"t{uuid.uuid4().hex[:12]}",
+    )
+    try:
+        await store.apply("app", [on("bob", "d1", NOW)], NOW)
+        await store.apply("app", [off("bob", "d1", NOW + 1)], NOW + 1)
+        assert await raw.zscore(f"{store.prefix}:grace", "app/bob") == NOW + 1001
+        await raw.delete(f"{store.prefix}:grace")  # e.g. the process died before indexing
+        assert await store.sweep(NOW + 5000) == 0
+        retry = await store.apply("app", [off("bob", "d1", NOW + 1)], NOW + 2)
+        assert (retry.applied, retry.published) == (0, [])
+        assert await store.sweep(NOW + 5000) == 1
+        assert (await store.get("app", ["bob"]))[0].status == "offline"
+        assert await raw.zcard(f"{store.prefix}:grace") == 0
+    finally:
+        await store.close()

@@ -1,0 +1,199 @@
+"""Properties of the merge, checked on real stores: order, duplication and replay don't matter.
+
+Times are drawn from a few milliseconds (or seconds) around a fixed ``now`` so ties between
+online and offline, and between devices, are common. Each example uses a fresh app id.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.backends.base import ApplyResult, PresenceSettings, PresenceStore
+from gateway.backends.memory import MemoryStore
+from gateway.backends.redis import RedisStore
+from gateway.model import DeviceRecord, PresenceEvent, aggregate, merge, record_of
+from tests.conftest import Backend, backend_url
+
+NOW = 1_763_700_000_000
+S = 1000
+
+EXAMPLES = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def events(
+    times: st.SearchStrategy[int], users: int = 3, devices: int = 3
+) -> st.SearchStrategy[PresenceEvent]:
+    return st.builds(
+        PresenceEvent,
+        user=st.sampled_from(["ann", "c{d}/e", "bob"][:users]),
+        device=st.sampled_from(["d1", "d2", "d3"][:devices]),
+        platform=st.sampled_from(["ios", "web", "android"]),
+        online=st.booleans(),
+        time=times,
+    )
+
+
+HISTORIES = st.lists(events(st.integers(NOW - 4, NOW + 4)), min_size=1, max_size=16)
+
+
+def final_records(history: Sequence[PresenceEvent]) -> dict[str, dict[str, DeviceRecord]]:
+    """The records the pure model gives: the LWW winner of every device of every user."""
+    out: dict[str, dict[str, DeviceRecord]] = {}
+    for ev in history:
+        records = out.setdefault(ev.user, {})
+        records[ev.device] = merge(records.get(ev.device), record_of(ev))
+    return out
+
+
+class Replayer:
+    """Applies batches to one store, checking that ``v`` only ever goes up."""
+
+    def __init__(self, store: PresenceStore) -> None:
+        self.store = store
+        self.app = f"p{uuid.uuid4().hex[:10]}"
+        self.last_v: dict[str, int] = {}
+        self.calls = 0
+
+    async def apply(self, batch: Sequence[PresenceEvent], now: int | None = None) -> ApplyResult:
+        self.calls += 1
+        now = NOW + 10 + self.calls if now is None else now
+        result = await self.store.apply(self.app, batch, now_ms=now)
+        assert len({s.user for s in result.published}) == len(result.published)
+        for state in result.published:
+            assert state.v > self.last_v.get(state.user, 0)
+            self.last_v[state.user] = state.v
+        for state in await self.store.get(self.app, [ev.user for ev in batch]):
+            assert state.v == self.last_v.get(state.user, 0)
+        return result
+
+    async def sweep(self, now: int) -> int:
+        """End due offline graces; every user's ``v`` is then at least what it was."""
+        published = await self.store.sweep(now)
+        for state in await self.store.get(self.app, list(self.last_v)):
+            assert state.v >= self.last_v[state.user]
+            self.last_v[state.user] = state.v
+        return published
+
+
+def batches(data: st.DataObject, items: list[PresenceEvent]) -> list[list[PresenceEvent]]:
+    """Split ``items`` into consecutive non-empty batches at drawn points."""
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(items) - 1)), max_size=5)))
+    bounds = [0, *(c for c in cuts if c < len(items)), len(items)]
+    return [items[a:b] for a, b in itertools.pairwise(bounds) if a < b]
+
+
+@EXAMPLES
+@given(data=st.data())
+async def test_any_order_and_duplication_same_outcome(
+    store: PresenceStore, data: st.DataObject
+) -> None:
+    """A shuffled, duplicated, re-batched history ends in the same records and visible state."""
+    history = data.draw(HISTORIES)
+    in_order, mixed = Replayer(store), Replayer(store)
+    for ev in history:
+        await in_order.apply([ev])
+    extra = data.draw(st.lists(st.sampled_from(history), max_size=8))
+    for batch in batches(data, data.draw(st.permutations(history + extra))):
+        await mixed.apply(batch)
+
+    expected = final_records(history)
+    for user, records in expected.items():
+        assert await store.records(in_order.app, user) == records
+        assert await store.records(mixed.app, user) == records
+        want = aggregate(user, records.values()).visible()
+        [a] = await store.get(in_order.app, [user])
+        [b] = await store.get(mixed.app, [user])
+        assert a.visible() == b.visible() == want
+
+
+@EXAMPLES
+@given(data=st.data())
+async def test_replayed_old_online_never_resurrects(
+    store: PresenceStore, data: st.DataObject
+) -> None:
+    """After a device's offline, replaying any older online changes nothing, publishes nothing."""
+    history = data.draw(HISTORIES)
+    replayer = Replayer(store)
+    await replayer.apply(history)
+    before = {u: await store.records(replayer.app, u) for u in final_records(history)}
+    replay = [
+        PresenceEvent(user, device, data.draw(st.sampled_from(["ios", "web"])), True, t)
+        for user, records in before.items()
+        for device, rec in records.items()
+        if not rec.online
+        for t in {rec.time - 1, rec.time - 3}
+    ] + [ev for ev in history if ev.online]
+    if not replay:
+        return
+    result = await replayer.apply(data.draw(st.permutations(replay)))
+    assert (result.applied, result.published) == (0, [])
+    for user, records in before.items():
+        assert await store.records(replayer.app, user) == records
+
+
+# Event times seconds apart, a 3 s event window and a 2 s retention: staleness and tombstone
+# pruning happen often; and a 1.5 s offline grace, swept at random times.
+WINDOWS = PresenceSettings(session_retention_s=2, max_event_age_s=3, offline_grace_ms=1500)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
+    ]
+)
+async def redis_store(request: pytest.FixtureRequest) -> AsyncIterator[RedisStore]:
+    """A Redis store (standalone or cluster) with short windows, to compare with memory."""
+    backend = Backend(request.param, backend_url(request, request.param))
+    store = await backend.store(WINDOWS)
+    assert isinstance(store, RedisStore)
+    yield store
+    await backend.aclose()
+
+
+def by_user(result: ApplyResult) -> ApplyResult:
+    """``result`` with its states sorted by user: publish order across users is unspecified."""
+    return ApplyResult(
+        result.applied, result.ignored, sorted(result.published, key=lambda s: s.user)
+    )
+
+
+@settings(EXAMPLES, max_examples=100)
+@given(data=st.data())
+async def test_memory_and_redis_agree(redis_store: RedisStore, data: st.DataObject) -> None:
+    """Memory and Redis agree on every result: windows, pruning and offline grace included."""
+    # A prefix per example: the grace index is per prefix, and must hold this example only.
+    fresh = RedisStore(redis_store.client, settings=WINDOWS, prefix=f"p{uuid.uuid4().hex[:10]}")
+    memory, redis = Replayer(MemoryStore(WINDOWS)), Replayer(fresh)
+    # The clock moves forward in steps around the grace; each batch's event times are whole
+    # seconds around its now (ties are common), some outside the window.
+    step = st.sampled_from([0, 1, 700, 1499, 1500, 2500])
+    templates = st.lists(events(st.integers(-4, 1), 2, 2), min_size=1, max_size=4)
+    plan = data.draw(st.lists(st.tuples(step, templates, st.none() | step), max_size=12))
+    history: list[PresenceEvent] = []
+    now = NOW
+    for advance, template, sweep_after in plan:
+        now += advance
+        batch = [msgspec.structs.replace(ev, time=now + ev.time * S) for ev in template]
+        history += batch
+        assert by_user(await memory.apply(batch, now)) == by_user(await redis.apply(batch, now))
+        if sweep_after is not None:
+            now += sweep_after
+            assert await memory.sweep(now) == await redis.sweep(now)
+    for user in final_records(history):
+        want = await memory.store.records(memory.app, user)
+        assert await redis.store.records(redis.app, user) == want
+        assert await redis.store.get(redis.app, [user]) == await memory.store.get(
+            memory.app, [user]
+        )
