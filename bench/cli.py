@@ -1,0 +1,177 @@
+"""``python -m bench SCENARIO [options]``: run one scenario, print a table and one JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from bench.procs import BenchError, Cores
+from bench.runner import RESULTS, Bench
+from bench.scenarios import DEFAULTS, SCENARIOS
+from bench.target import TARGETS
+
+HARD_LIMIT_S = 600  # whatever happens, a run ends (and cleans up) by then
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Presence gateway benchmark: starts Redis, the server(s) and a "
+        "multi-process load generator on loopback; prints a table and one JSON line.",
+    )
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument(
+        "--backend",
+        choices=["redis", "memory"],
+        default="redis",
+        help="presence backend of the server (default redis; cluster: always redis)",
+    )
+    p.add_argument(
+        "--target",
+        choices=sorted(TARGETS),
+        default="gateway",
+        help="server under test (peers come later)",
+    )
+    p.add_argument(
+        "--vs",
+        action="append",
+        default=[],
+        metavar="PEER",
+        help="also run a peer (not implemented yet)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="seconds: ingest per provider, latency/cluster sending, conns idle "
+        "hold, fanout total step budget",
+    )
+    p.add_argument("--users", type=int, help="distinct users events go to")
+    p.add_argument("--conns", type=int, help="WebSocket connections")
+    p.add_argument("--watch", type=int, help="users watched per connection")
+    p.add_argument("--rate", type=float, help="events/s (fanout: the first step)")
+    p.add_argument("--rates", help="fanout: explicit comma-separated events/s steps")
+    p.add_argument("--step-seconds", type=float, default=8.0, help="fanout step length")
+    p.add_argument(
+        "--max-p99-ms",
+        type=float,
+        default=50.0,
+        help="fanout: a step whose p99 is above this counts as queueing",
+    )
+    p.add_argument("--providers", default="tencent,rongcloud", help="ingest phases")
+    p.add_argument(
+        "--http-client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="ingest webhook client (raw asyncio protocol, or httpx to compare)",
+    )
+    p.add_argument(
+        "--http-conns",
+        type=int,
+        default=64,
+        help="keep-alive webhook connections (RongCloud ingest uses a quarter)",
+    )
+    p.add_argument("--warmup", type=float, default=2.0, help="ingest: unmeasured seconds first")
+    p.add_argument("--senders", type=int, help="webhook sender processes")
+    p.add_argument("--watchers", type=int, help="WebSocket watcher processes")
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=256,
+        help="handshakes in flight at once, over all watcher processes",
+    )
+    p.add_argument(
+        "--no-ping",
+        action="store_true",
+        help="watchers send no application pings (default: one per heartbeat_ms)",
+    )
+    p.add_argument("--no-pin", action="store_true", help="do not pin servers / generator")
+    p.add_argument(
+        "--server-log-level",
+        default="warning",
+        choices=["debug", "info", "warning"],
+        help="gateway --log-level (info adds an access-log line per request)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the server with py-spy while measuring; print where time goes",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of the watch sets")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
+    return p
+
+
+def _apply_defaults(args: argparse.Namespace) -> None:
+    for key, value in DEFAULTS[args.scenario].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for key in ("users", "conns", "watch", "rate"):
+        if getattr(args, key) is None:
+            setattr(args, key, 0)
+    if args.scenario == "cluster":
+        args.backend = "redis"
+
+
+def _alarm(signum: int, frame: FrameType | None) -> None:
+    raise BenchError(f"hard time limit of {HARD_LIMIT_S}s reached")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.vs:
+        print("--vs peers are not implemented yet (see bench/README.md)", file=sys.stderr)
+        return 2
+    _apply_defaults(args)
+    cores = Cores.detect(pin=not args.no_pin)
+    target = TARGETS[args.target](log_level=args.server_log_level, max_watch=max(1000, args.watch))
+    bench = Bench(cores=cores, keep=args.keep)
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(HARD_LIMIT_S)
+    started = time.monotonic()
+    try:
+        result = SCENARIOS[args.scenario](bench, args, target)
+    except (BenchError, RuntimeError) as exc:
+        print(f"bench {args.scenario} failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.alarm(0)
+        bench.close()
+    params = {k: v for k, v in vars(args).items() if k not in ("keep", "no_save", "vs")}
+    record: dict[str, Any] = {
+        "scenario": args.scenario,
+        "nproc": os.cpu_count(),
+        "cores": cores.describe(),
+        "target": args.target,
+        "backend": args.backend if args.scenario != "cluster" else "redis-cluster",
+        "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_s": round(time.monotonic() - started, 1),
+        "params": params,
+        "generator_bottleneck": any("BOTTLENECK" in w for w in bench.warnings),
+        "warnings": sorted(set(bench.warnings)),
+        **result.data,
+    }
+    print(
+        f"bench {args.scenario}: target {args.target}, backend {record['backend']}, "
+        f"nproc {record['nproc']}, {cores.describe()}"
+    )
+    print("\n".join(result.lines))
+    for warning in record["warnings"]:
+        print(f"\nWARNING: {warning}")
+    print()
+    line = json.dumps(record, separators=(",", ":"), default=str)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (RESULTS / f"{args.scenario}-{args.backend}-{stamp}.json").write_text(line + "\n")
+    print(line)
+    return 0

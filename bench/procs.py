@@ -1,0 +1,335 @@
+"""Processes the bench owns: Redis servers, the servers under test, CPU pinning, /proc readings.
+
+Everything listens on 127.0.0.1 on a free port, in a temp dir, and is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class BenchError(Exception):
+    """The bench could not set something up; the message says what."""
+
+
+def raise_nofile() -> int:
+    """Raise this process's open-files soft limit to its hard limit; return the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Cores:
+    """Which cores run the servers (gateway + Redis) and which the load generator."""
+
+    server: frozenset[int]
+    generator: frozenset[int]
+    pinned: bool
+
+    @classmethod
+    def detect(cls, pin: bool = True) -> Cores:
+        cores = sorted(os.sched_getaffinity(0))
+        if pin and len(cores) >= 2:
+            return cls(frozenset(cores[:1]), frozenset(cores[1:]), True)
+        return cls(frozenset(cores), frozenset(cores), False)
+
+    def describe(self) -> str:
+        if not self.pinned:
+            return f"not pinned (cores {sorted(self.server)} shared)"
+        return f"servers on core(s) {sorted(self.server)}, generator on {sorted(self.generator)}"
+
+
+def pin(pid: int, cores: frozenset[int]) -> None:
+    """Pin ``pid`` (0: this process) to ``cores``; a no-op where affinity is not allowed."""
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(pid, cores)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE
+    except OSError:
+        return 0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (``/proc/stat``: everything but idle, iowait)."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / CLK_TCK
+
+
+class CpuMeter:
+    """CPU% of a set of pids between ``start()`` and ``stop()`` (100 = one core)."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = list(pids)
+        self._t0 = 0.0
+        self._c0: list[float] = []
+        self.percent: list[float] = [0.0] * len(self.pids)
+        self.wall = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._c0 = [cpu_seconds(p) for p in self.pids]
+
+    def stop(self) -> list[float]:
+        self.wall = max(time.monotonic() - self._t0, 1e-9)
+        self.percent = [
+            100.0 * (cpu_seconds(p) - c0) / self.wall
+            for p, c0 in zip(self.pids, self._c0, strict=True)
+        ]
+        return self.percent
+
+
+class RssPeak(threading.Thread):
+    """Samples a pid's RSS every ``interval`` seconds and keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(daemon=True, name=f"rss-{pid}")
+        self.pid = pid
+        self.interval = interval
+        self.peak = rss_bytes(pid)
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def reset(self) -> None:
+        self.peak = rss_bytes(self.pid)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class Child:
+    """A child process the bench started; stopped by its own pid only."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 8.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    workdir: Path,
+    cores: frozenset[int] | None,
+    env: dict[str, str] | None = None,
+) -> Child:
+    """Start ``argv`` with output to ``workdir/name.log``, pinned to ``cores``."""
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            env=env,
+        )
+    if cores is not None:
+        pin(proc.pid, cores)
+    return Child(name, proc, log)
+
+
+def wait_until(check: object, timeout: float, what: str, child: Child | None = None) -> None:
+    """Poll ``check()`` every 20 ms until true; raise BenchError naming ``what`` otherwise."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None and not child.alive():
+            raise BenchError(f"{child.name} exited early:\n{child.tail()}")
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(0.02)
+    tail = f"\n{child.tail()}" if child is not None else ""
+    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+def redis_command(port: int, *args: str, timeout: float = 2.0) -> bytes:
+    """One RESP command over a fresh socket; the first reply chunk (enough for short replies)."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
+        s.sendall(b"".join(parts))
+        return s.recv(65536)
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """A bare HTTP/1.0 GET on loopback: (status, body)."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {LOOPBACK}:{port}\r\n\r\n".encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head[9:12]), body
+
+
+@dataclass
+class Redis:
+    """Standalone redis-server or a 3-master cluster, persistence off, in ``workdir``."""
+
+    ports: list[int]
+    children: list[Child] = field(default_factory=list)
+    cluster: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.ports[0]}/0"
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children]
+
+    @classmethod
+    def start(cls, workdir: Path, cores: frozenset[int] | None, masters: int = 0) -> Redis:
+        """One standalone server (``masters`` 0) or a cluster of ``masters`` nodes."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise BenchError("redis-server not found on PATH (apt-get install redis-server)")
+        redis = cls(ports=[], cluster=masters > 0)
+        try:
+            for i in range(max(masters, 1)):
+                port = free_port()
+                node_dir = workdir / f"redis-{i}"
+                node_dir.mkdir()
+                argv = [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    LOOPBACK,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(node_dir),
+                    "--protected-mode",
+                    "no",
+                    "--maxclients",
+                    "10000",
+                ]
+                if masters:
+                    argv += [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "5000",
+                    ]
+                child = spawn(f"redis-{i}", argv, workdir, cores)
+                redis.ports.append(port)
+                redis.children.append(child)
+            for port, child in zip(redis.ports, redis.children, strict=True):
+                wait_until(
+                    lambda p=port: redis_command(p, "PING").startswith(b"+PONG"),
+                    10,
+                    f"redis on port {port}",
+                    child,
+                )
+            if masters:
+                redis._create_cluster(workdir)
+        except BaseException:
+            redis.stop()
+            raise
+        return redis
+
+    def _create_cluster(self, workdir: Path) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise BenchError("redis-cli not found on PATH")
+        nodes = [f"{LOOPBACK}:{p}" for p in self.ports]
+        done = subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+            cwd=workdir,
+        )
+        if done.returncode != 0:
+            raise BenchError(f"redis-cli --cluster create failed: {done.stdout[-500:]!r}")
+
+        def ready() -> bool:
+            return all(
+                b"cluster_state:ok" in redis_command(p, "CLUSTER", "INFO") for p in self.ports
+            )
+
+        wait_until(ready, 20, "cluster_state:ok")
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.stop()
