@@ -356,7 +356,7 @@ class Simulation:
             (1.2, self._kick),
         ]
         if user.provider == "tencent":
-            options += [(0.3, self._admin_kick), (0.4, self._custom_status)]
+            options += [(0.3, self._admin_kick), (0.6, self._custom_status)]
         if user.provider == "openim":
             options.append((0.8, self._resync))
         action = self.rng.choices([a for _, a in options], [w for w, _ in options])[0]
@@ -850,8 +850,9 @@ async def run(
             for _ in range(options.concurrency):
                 group.create_task(sender.worker(queue))
             try:
-                await _produce(sim, options, queue, stop, deadline)
-                for delivery in sim.flush(clock_ms()):
+                # The model already counts the rest of the last step and the late ones.
+                rest = await _produce(sim, options, queue, stop, deadline)
+                for delivery in [*rest, *sim.flush(clock_ms())]:
                     await queue.put(delivery)
             finally:
                 for _ in range(options.concurrency):
@@ -866,8 +867,9 @@ async def _produce(
     queue: asyncio.Queue[Delivery | None],
     stop: asyncio.Event,
     deadline: float | None,
-) -> None:
-    """Queue deliveries at the rate; after a stall, resume the rate rather than burst."""
+) -> list[Delivery]:
+    """Queue deliveries at the rate (after a stall, resume the rate rather than burst);
+    return those of the last step still unsent."""
     interval = 1.0 / options.rate
     pending: deque[Delivery] = deque()
     produced = 0
@@ -875,7 +877,7 @@ async def _produce(
     while not stop.is_set() and (options.count is None or produced < options.count):
         now = time.monotonic()
         if deadline is not None and now >= deadline:
-            return
+            break
         if next_at > now:
             until = next_at if deadline is None else min(next_at, deadline)
             await _stopped(stop, until - now)
@@ -885,6 +887,7 @@ async def _produce(
         await queue.put(pending.popleft())
         produced += 1
         next_at = max(next_at + interval, time.monotonic() - interval)
+    return list(pending)
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -1,0 +1,393 @@
+"""``presence-gateway simulate``: realistic behaviour, signatures the gateway accepts, end state."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import cli
+from gateway.backends.base import PresenceSettings
+from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
+from gateway.providers import PROVIDERS
+from gateway.providers.base import WebhookRequest
+from gateway.providers.openim import OpenIMConfig
+from gateway.providers.rongcloud import RongCloudConfig
+from gateway.providers.tencent import TencentConfig
+from gateway.simulate import (
+    ADMIN_KICK,
+    CUSTOM_STATUS,
+    KICKED,
+    LOGIN,
+    PROVIDER_NAMES,
+    Delivery,
+    HttpRequest,
+    Options,
+    Result,
+    Simulation,
+    Target,
+    build,
+    clock_ms,
+    run,
+    user_ids,
+)
+from tests.live import serve
+from tests.servers import free_port
+
+STATUS_OK = {"tencent": 200, "rongcloud": 200, "openim": 200, "standard": 204}
+
+
+def make_settings(redis_url: str | None = None) -> Settings:
+    """Every provider configured with real secrets: Tencent Sign and the OpenIM path token on."""
+    base = dev_settings().apps["demo"]
+    app = msgspec.structs.replace(
+        base,
+        id=f"sim{uuid.uuid4().hex[:10]}",
+        tencent=TencentConfig(sdkappid=1400012345, callback_token="tencent-cb-token"),
+        rongcloud=RongCloudConfig(app_key="rc-key", app_secret="rc-secret"),
+        openim=OpenIMConfig(token="openim-path-token"),
+    )
+    redis = RedisConfig(url=redis_url) if redis_url else None
+    return Settings(apps={app.id: app}, redis=redis)
+
+
+def app_of(settings: Settings) -> AppConfig:
+    return next(iter(settings.apps.values()))
+
+
+def generate(
+    seed: int, providers: tuple[str, ...] = PROVIDER_NAMES, users: int = 12, steps: int = 600
+) -> tuple[Simulation, list[Delivery]]:
+    """``steps`` steps of a simulation 0.4 s apart from now, then its held deliveries."""
+    sim = Simulation(user_ids(users), providers, seed)
+    now = clock_ms()
+    out: list[Delivery] = []
+    for _ in range(steps):
+        out += sim.step(now)
+        now += 400
+    return sim, out + sim.flush(now)
+
+
+def changes_of(deliveries: list[Delivery]) -> Iterator[tuple[Delivery, Any]]:
+    for d in deliveries:
+        for c in d.changes:
+            yield d, c
+
+
+def replay(deliveries: list[Delivery]) -> Iterator[dict[str, set[str]]]:
+    """Each user's online platforms after each delivery, merged last-writer-wins per device."""
+    records: dict[tuple[str, str], tuple[int, bool, str]] = {}
+    for d in deliveries:
+        for c in d.changes:
+            if c.how == CUSTOM_STATUS:
+                continue
+            new = (c.time, c.online, c.platform)
+            old = records.get((c.user, c.device))
+            if old is None or new[:2] > old[:2]:
+                records[(c.user, c.device)] = new
+        online: dict[str, set[str]] = defaultdict(set)
+        for (user, _), (_, is_online, platform) in records.items():
+            if is_online:
+                online[user].add(platform)
+        yield online
+
+
+def final(deliveries: list[Delivery]) -> dict[str, set[str]]:
+    states: dict[str, set[str]] = {}
+    for after in replay(deliveries):
+        states = after
+    return states
+
+
+def test_generator_makes_flaps_kicks_retries_and_multi_device() -> None:
+    """A seed's stream has flaps, kicks, retries, reordering, RongCloud batches, multi-device."""
+    _, deliveries = generate(seed=11)
+    target = Target()
+    changes = list(changes_of(deliveries))
+
+    # Reconnect flaps: a device of a user offline, then online again within 3 s.
+    flaps = [
+        (c1, c2)
+        for (_, c1), (_, c2) in itertools.pairwise(changes)
+        if c1.user == c2.user and c1.platform == c2.platform and not c1.online and c2.online
+        if 0 < c2.time - c1.time <= 3000
+    ]
+    assert flaps
+    # Tencent: a Login with no Disconnect before it (the previous change was also a Login).
+    last: dict[tuple[str, str], str] = {}
+    relogins = 0
+    for d, c in changes:
+        if d.provider == "tencent" and d.resend_of is None:
+            relogins += c.how == LOGIN and last.get((c.user, c.device)) == LOGIN
+            last[(c.user, c.device)] = c.how
+    assert relogins > 0
+    # Kicks: Tencent KickedDevice, and the OpenIM kick-off command.
+    bodies = [(d, json.loads(build(d, target, clock_ms()).body)) for d in deliveries]
+    assert any(d.provider == "tencent" and "KickedDevice" in b for d, b in bodies)
+    assert any(d.provider == "openim" and "KickOff" in b["callbackCommand"] for d, b in bodies)
+    assert any(c.how == ADMIN_KICK for _, c in changes)
+    # RongCloud: batches of several events, and a user with several sessionIds at once.
+    assert any(d.provider == "rongcloud" and len(d.changes) >= 3 for d in deliveries)
+    sessions: dict[str, set[str]] = defaultdict(set)
+    for d, c in changes:
+        if d.provider == "rongcloud" and c.online:
+            sessions[c.user].add(c.device)
+    assert max(len(s) for s in sessions.values()) >= 5
+    # Retries: exact duplicates right after the original, and re-sends from further back.
+    by_id = {d.id: d for d in deliveries}
+    resent = [d for d in deliveries if d.resend_of is not None]
+    origins = [(d, by_id[d.resend_of]) for d in resent if d.resend_of is not None]
+    assert any(d.id == orig.id + 1 and d.changes == orig.changes for d, orig in origins)
+    assert any(d.id - orig.id > 5 for d, orig in origins)
+    # Out of order: deliveries carrying a change older than one already delivered for the
+    # same device; and batches whose events are not in time order.
+    newest: dict[tuple[str, str], int] = {}
+    stale = 0
+    for _, c in changes:
+        key = (c.user, c.device)
+        stale += c.time < newest.get(key, 0)
+        newest[key] = max(c.time, newest.get(key, 0))
+    assert stale > 10
+    assert any([c.time for c in d.changes] != sorted(c.time for c in d.changes) for d in resent)
+    # Multi-device: some user is online on three platforms at once.
+    assert max(len(p) for online in replay(deliveries) for p in online.values()) >= 3
+    # Realistic times: ms timestamps, never older than the gateway's default max age.
+    sent_at = clock_ms()
+    assert all(sent_at - 600_000 < c.time < sent_at + 600_000 for _, c in changes)
+
+
+@pytest.mark.parametrize("providers", [PROVIDER_NAMES, *((p,) for p in PROVIDER_NAMES)])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_model_is_the_end_state_whatever_the_delivery_order(
+    providers: tuple[str, ...], seed: int
+) -> None:
+    """Replaying every delivery last-writer-wins ends exactly in the simulator's model."""
+    sim, deliveries = generate(seed, providers, steps=400)
+    expected = sim.expected()
+    got = final(deliveries)
+    assert {u: sorted(got.get(u, ())) for u in expected} == expected
+    assert any(expected.values()) and not all(expected.values())
+
+
+def to_webhook_request(req: HttpRequest, provider: str, now_ms: int) -> WebhookRequest:
+    prefix = f"/webhooks/{provider}"
+    rest = req.path.split(prefix, 1)[1]
+    return WebhookRequest(
+        path=tuple(unquote(s) for s in rest.split("/") if s),
+        query=req.query,
+        headers={k.lower(): v for k, v in req.headers.items()},
+        body=req.body,
+        client_ip="127.0.0.1",
+        now_ms=now_ms,
+    )
+
+
+def test_every_request_passes_the_providers_own_checks_and_means_what_was_simulated() -> None:
+    """Every wire form verifies in its provider's adapter and parses to the simulated changes."""
+    app = app_of(make_settings())
+    target = Target.for_app(app)
+    adapters = {
+        name: PROVIDERS[name](table, PresenceSettings()) for name, table in app.providers().items()
+    }
+    _, deliveries = generate(seed=2)
+    kinds: Counter[str] = Counter()
+    for d in deliveries:
+        now = clock_ms()
+        for style in range(4):  # every wire form of the provider
+            req = build(replace(d, style=style), target, now)
+            parsed = adapters[d.provider].handle(to_webhook_request(req, d.provider, now))
+            got = {(e.user, e.device, e.platform, e.online, e.time) for e in parsed.events}
+            meant = {
+                (c.user, c.device, c.platform, c.online, c.time)
+                for c in d.changes
+                if c.how != CUSTOM_STATUS
+            }
+            if d.changes[0].how == ADMIN_KICK:  # Tencent takes every platform offline
+                assert meant <= got and not any(e.online for e in parsed.events)
+            else:
+                assert got == meant, (d, style)
+            if d.changes[0].how == CUSTOM_STATUS:
+                assert parsed.unused == 1
+        kinds.update(c.how for c in d.changes)
+    assert kinds[KICKED] and kinds[CUSTOM_STATUS] and kinds[ADMIN_KICK]
+
+
+async def query(client: httpx.AsyncClient, app: AppConfig, users: list[str]) -> dict[str, Any]:
+    r = await client.get(
+        f"/v1/apps/{app.id}/presence",
+        params=[("user", u) for u in users],
+        headers={"Authorization": f"Bearer {app.api_key}"},
+    )
+    assert r.status_code == 200, r.text
+    return {s["user"]: s for s in r.json()["presence"]}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def assert_gateway_shows(states: dict[str, Any], expected: dict[str, list[str]]) -> None:
+    for user, platforms in expected.items():
+        state = states[user]
+        shown = sorted(dev["platform"] for dev in state["devices"])
+        assert (state["status"], shown) == ("online" if platforms else "offline", platforms), user
+
+
+@pytest.mark.parametrize(
+    ("providers", "backend"),
+    [
+        *(((p,), "memory") for p in PROVIDER_NAMES),
+        (PROVIDER_NAMES, "memory"),
+        pytest.param(PROVIDER_NAMES, "redis", marks=pytest.mark.redis),
+    ],
+    ids=[*PROVIDER_NAMES, "mixed", "mixed-redis"],
+)
+async def test_gateway_accepts_every_webhook_and_ends_in_the_simulated_state(
+    providers: tuple[str, ...], backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Every webhook gets its 2xx from a real gateway; the query API then matches the model."""
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    settings = make_settings(redis_url)
+    app = app_of(settings)
+    sim = Simulation(user_ids(10), providers, seed=7)
+    results: list[Result] = []
+    async with serve(settings) as gw:
+        summary = await run(
+            sim,
+            Target.for_app(app),
+            gw.url,
+            Options(rate=5000, count=160, concurrency=4),
+            on_result=results.append,
+        )
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            states = await query(client, app, user_ids(10))
+            metrics = (await client.get("/metrics")).text
+    assert [r.status for r in results] == [STATUS_OK[r.delivery.provider] for r in results]
+    assert summary.sent == len(results) >= 160 and summary.non_2xx == 0
+    assert summary.undelivered == 0 and summary.network_errors == 0
+    assert_gateway_shows(states, sim.expected())
+    assert any(sim.expected().values())
+    sent = Counter(r.delivery.provider for r in results)
+    for provider in providers:
+        ok = metric(metrics, "presence_webhooks_total", provider=provider, outcome="ok")
+        assert ok == sent[provider] > 0
+    # Re-sends and reordered events reached the store and were beaten by newer records.
+    assert metric(metrics, "presence_events_ignored_total") > 0
+
+
+class FlakyTransport(httpx.AsyncHTTPTransport):
+    """Refuses the first ``failures`` connections, like a gateway that is still starting."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.failures > 0:
+            self.failures -= 1
+            raise httpx.ConnectError("connection refused", request=request)
+        return await super().handle_async_request(request)
+
+
+async def test_outage_is_reported_and_ridden_out_with_backoff() -> None:
+    """Refused connections are reported, retried with backoff and lose nothing."""
+    settings = make_settings()
+    app = app_of(settings)
+    sim = Simulation(user_ids(6), seed=3)
+    warnings: list[str] = []
+    results: list[Result] = []
+    async with serve(settings) as gw:
+        summary = await run(
+            sim,
+            Target.for_app(app),
+            gw.url,
+            Options(rate=5000, count=40, backoff_s=0.01, backoff_max_s=0.05),
+            on_result=results.append,
+            warn=warnings.append,
+            transport=FlakyTransport(failures=4),
+        )
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            states = await query(client, app, user_ids(6))
+    assert summary.network_errors == 4 and summary.undelivered == 0 and summary.non_2xx == 0
+    assert "gateway unreachable" in warnings[0] and "ConnectError" in warnings[0]
+    assert sum("still unreachable" in w for w in warnings) == 3
+    assert "reachable again" in warnings[-1]
+    assert results[0].delivery.id == 1  # the first webhook was retried, not skipped
+    assert_gateway_shows(states, sim.expected())
+
+
+async def test_a_gateway_that_stays_down_ends_cleanly_when_stopped() -> None:
+    """With no gateway the run reports it, retries until stopped, then returns a summary."""
+    stop = asyncio.Event()
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        if len(warnings) == 3:
+            stop.set()
+
+    summary = await run(
+        Simulation(user_ids(3), seed=1),
+        Target(),
+        f"http://127.0.0.1:{free_port()}",
+        Options(rate=100, backoff_s=0.01),
+        stop=stop,
+        warn=warn,
+    )
+    assert summary.sent == 0 and summary.undelivered >= 1 and not summary.ok
+    assert "gateway unreachable" in warnings[0]
+    assert "not delivered" in summary.line()
+
+
+async def test_cli_needs_no_flags_against_dev_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without secret flags the command's webhooks all get 2xx from a dev-mode gateway."""
+    async with serve(dev_settings()) as gw:
+        argv = ["simulate", "--url", gw.url, "--count", "25", "--rate", "1000", "--seed", "2"]
+        code = await asyncio.to_thread(cli.main, argv)
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    lines = [line for line in out if line.startswith("#")]
+    assert len(lines) >= 25
+    assert all(line.rsplit(maxsplit=1)[-1] in ("200", "204") for line in lines)
+    assert {p for p in PROVIDER_NAMES if any(f" {p} " in line for line in lines)} == set(
+        PROVIDER_NAMES
+    )
+    assert out[-1].startswith("sent ") and "non-2xx: 0" in out[-1]
+
+
+def test_cli_rejects_a_bad_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    """A rate of zero is a usage error (exit 2) with a message, not a hang or a traceback."""
+    assert cli.main(["simulate", "--rate", "0"]) == 2
+    assert "--rate must be > 0" in capsys.readouterr().err
+
+
+async def test_a_count_limited_run_still_sends_the_rest_of_its_last_step() -> None:
+    """Stopping at --count still sends what the model already counts, so the end state matches."""
+    seed = next(s for s in range(100) if len(Simulation(["alice"], ("tencent",), s).step(0)) > 1)
+    first_step = Simulation(["alice"], ("tencent",), seed).step(clock_ms())
+    settings = make_settings()
+    app = app_of(settings)
+    sim = Simulation(["alice"], ("tencent",), seed)
+    results: list[Result] = []
+    async with serve(settings) as gw:
+        await run(sim, Target.for_app(app), gw.url, Options(count=1), on_result=results.append)
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            states = await query(client, app, ["alice"])
+    assert [r.delivery.note for r in results] == [d.note for d in first_step]
+    assert len(sim.expected()["alice"]) == 2
+    assert_gateway_shows(states, sim.expected())
