@@ -661,7 +661,7 @@ class Options:
     concurrency: int = 1  # requests in flight; > 1 delivers out of order, like OpenIM's workers
     timeout_s: float = 5.0  # per request (RongCloud waits 5 s, Tencent 2 s)
     backoff_s: float = 0.5  # first wait after a failure; doubles up to backoff_max_s
-    backoff_max_s: float = 10.0
+    backoff_max_s: float = 5.0
     max_5xx_tries: int = 5  # a 5xx answer is retried (nothing was applied) this many times
 
 
@@ -751,8 +751,10 @@ class _Sender:
             await self.deliver(delivery)
 
     async def deliver(self, d: Delivery) -> None:
+        """Send ``d`` (signed afresh each try) until answered; once stopped, try only once."""
         failures = 0
         while True:
+            last_try = self.stop.is_set()
             req = build(d, self.target, clock_ms())
             try:
                 response = await self.client.request(
@@ -762,10 +764,11 @@ class _Sender:
                 self.summary.network_errors += 1
                 failures += 1
                 wait = self._backoff(failures)
-                self._went_down(exc, wait)
-                if await _stopped(self.stop, wait):
+                self._went_down(exc, None if last_try else wait)
+                if last_try:
                     self.summary.undelivered += 1
                     return
+                await _stopped(self.stop, wait)
                 continue
             self._came_back()
             status = response.status_code
@@ -777,29 +780,28 @@ class _Sender:
             else:
                 self.summary.non_2xx += 1
             self.on_result(Result(d, status, "" if ok else _reason(response)))
-            if status < 500 or self.stop.is_set():
+            if status < 500 or last_try:
                 return
             failures += 1  # 5xx: nothing was applied; a provider that retries would retry
             if failures >= self.options.max_5xx_tries:
                 self.summary.undelivered += 1
                 return
-            if await _stopped(self.stop, self._backoff(failures)):
-                self.summary.undelivered += 1
-                return
+            await _stopped(self.stop, self._backoff(failures))
 
     def _backoff(self, failures: int) -> float:
         base = min(self.options.backoff_max_s, self.options.backoff_s * 2.0 ** (failures - 1))
         return base * self._jitter.uniform(0.8, 1.2)
 
-    def _went_down(self, exc: httpx.TransportError, wait: float) -> None:
+    def _went_down(self, exc: httpx.TransportError, wait: float | None) -> None:
         now = time.monotonic()
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        then = "giving up (stopping)" if wait is None else f"next try in {wait:.1f} s"
         if self._down_since is None:
             self._down_since = now
-            self.warn(f"gateway unreachable at {self.client.base_url} ({what}); retrying")
+            self.warn(f"gateway unreachable at {self.client.base_url} ({what}); {then}")
         else:
             down = now - self._down_since
-            self.warn(f"still unreachable after {down:.0f} s ({what}); next try in {wait:.1f} s")
+            self.warn(f"still unreachable after {down:.0f} s ({what}); {then}")
 
     def _came_back(self) -> None:
         if self._down_since is not None:
