@@ -187,7 +187,9 @@ class Simulation:
 
     ``step(now_ms)`` gives the next webhook(s) to send, ``flush(now_ms)`` the late ones
     still held back, ``expected()`` what the gateway shows once all of them arrived.
-    Deterministic for a seed and a sequence of ``now_ms`` values.
+    Event times are ``now_ms``, or a few seconds before for the offline half of a flap; a
+    re-send or late delivery is at most ``max_lag_s`` (+30 s) old, well inside the gateway's
+    ``max_event_age_s`` (600 by default). Deterministic for a seed and sequence of ``now_ms``.
     """
 
     def __init__(
