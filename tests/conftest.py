@@ -34,6 +34,14 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 @pytest.fixture
+def redis_cluster_proc(tmp_path: Path) -> Iterator[ClusterServers]:
+    """A 3-master cluster of this test alone, whose nodes it may stop and start (~3 s)."""
+    cluster = ClusterServers(tmp_path / "cluster")
+    with running(cluster):
+        yield cluster
+
+
+@pytest.fixture
 async def redis_proc(tmp_path: Path) -> AsyncIterator[RedisServer]:
     """A redis-server of this test alone, to ``stop()``/``start()`` (or ``await astop()``)."""
     server = RedisServer(tmp_path / "redis")

@@ -25,20 +25,26 @@ every tombstone anyway (the published state, last-seen included, goes with it).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import logging
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from gateway.backends.base import ApplyResult, PresenceSettings
+from gateway.backends.base import ApplyResult, MessageHandler, PresenceSettings, ResetHandler
 from gateway.backends.memory import clock_ms
 from gateway.errors import StoreUnavailable
 from gateway.model import DeviceRecord, PresenceEvent, UserState, state_decoder
@@ -323,3 +329,298 @@ def connect(
     if cluster:
         return RedisCluster.from_url(url, **options)
     return Redis.from_url(url, **options)
+
+
+# -- the feed: sharded pub/sub ---------------------------------------------------------------
+
+PING_EVERY_S = 5.0  # a feed silent this long gets a PING; silent twice as long is dead
+SUBSCRIBE_TIMEOUT_S = 2.0
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 5.0
+
+
+class FeedLost(Exception):
+    """A pub/sub connection failed: the whole feed reconnects and resubscribes."""
+
+
+class _NodeFeed:
+    """One pub/sub connection to one Redis node and the SSUBSCRIBE confirmations it awaits."""
+
+    def __init__(self, name: str, conn: Connection) -> None:
+        self.name = name
+        self.conn = conn
+        self.confirm: dict[bytes, list[asyncio.Future[None]]] = {}
+
+    async def send(self, command: str, channels: Sequence[bytes], slot_of: SlotOf) -> None:
+        """Send ``command`` for ``channels``: one command per hash slot, in one write.
+
+        Redis Cluster refuses a sharded (un)subscribe whose channels span slots; standalone
+        (``slot_of`` constant) takes them all in one command.
+        """
+        by_slot: dict[int, list[bytes]] = {}
+        for channel in channels:
+            by_slot.setdefault(slot_of(channel), []).append(channel)
+        packed = self.conn.pack_commands([(command, *group) for group in by_slot.values()])
+        await self.conn.send_packed_command(packed, check_health=False)
+
+    def fail(self, exc: BaseException) -> None:
+        for waiters in self.confirm.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
+        self.confirm.clear()
+
+
+SlotOf = Callable[[bytes], int]
+
+
+class RedisBroker:
+    """The feed of published states from Redis sharded pub/sub (standalone or Cluster).
+
+    One pub/sub connection per node (standalone: one; Cluster: one per primary, a channel
+    going to the primary of its slot), all read by one listener task that ``start`` creates
+    and ``close`` ends. When any connection fails, the listener logs once, reconnects with
+    capped jittered backoff (re-reading the cluster topology), subscribes every wanted channel
+    again, and only then calls the reset handler: states published meanwhile were missed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cluster: bool,
+        prefix: str = "pg",
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        ping_every: float = PING_EVERY_S,
+    ) -> None:
+        self.url = url
+        self.cluster = cluster
+        self.prefix = prefix
+        self.connect_timeout = connect_timeout
+        self.ping_every = ping_every
+        self._wanted: set[bytes] = set()
+        self._feeds: dict[str, _NodeFeed] = {}
+        self._route: Callable[[bytes], str] = lambda channel: ""
+        self._slot_of: SlotOf = lambda channel: 0
+        self._live = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._on_message: MessageHandler | None = None
+        self._on_reset: ResetHandler | None = None
+        self.resets = 0  # feed losses recovered from, for tests and metrics
+        self._failures = 0  # connection attempts failed in a row
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool, prefix: str = "pg") -> RedisBroker:
+        """A broker on ``url``; with ``cluster`` the URL names any one node of the cluster."""
+        return cls(url, cluster=cluster, prefix=prefix)
+
+    @property
+    def live(self) -> bool:
+        """Whether every node's feed is connected with every wanted channel subscribed."""
+        return self._live.is_set()
+
+    def set_handlers(self, on_message: MessageHandler, on_reset: ResetHandler) -> None:
+        self._on_message = on_message
+        self._on_reset = on_reset
+
+    async def start(self) -> None:
+        """Start the listener; return once the feed is live or its first attempt failed."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen(), name="redis-broker-listener")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                await self._live.wait()
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._wanted.clear()
+
+    async def subscribe(self, app: str, users: Sequence[str]) -> None:
+        """Subscribe ``users``; return once Redis confirmed every subscription.
+
+        Raises ``StoreUnavailable`` when the feed is down or Redis does not confirm in time;
+        the users stay wanted, so the next reconnect subscribes them (and resets).
+        """
+        channels = [user_channel(self.prefix, app, u).encode() for u in users]
+        self._wanted.update(channels)
+        if not self._live.is_set():
+            raise StoreUnavailable("redis feed is down")
+        waits: list[asyncio.Future[None]] = []
+        loop = asyncio.get_running_loop()
+        by_feed: dict[str, list[bytes]] = {}
+        for channel in channels:
+            by_feed.setdefault(self._route(channel), []).append(channel)
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                for name, group in by_feed.items():
+                    feed = self._feeds[name]
+                    for channel in group:
+                        fut = loop.create_future()
+                        feed.confirm.setdefault(channel, []).append(fut)
+                        waits.append(fut)
+                    await feed.send("SSUBSCRIBE", group, self._slot_of)
+                await asyncio.gather(*waits)
+        except (TimeoutError, KeyError, RedisError, OSError, StoreUnavailable) as exc:
+            for fut in waits:
+                fut.cancel()
+            raise StoreUnavailable(f"redis subscribe: {type(exc).__name__}: {exc}") from exc
+
+    async def unsubscribe(self, app: str, users: Sequence[str]) -> None:
+        """Stop delivering ``users`` at once; tell Redis without waiting for its answer."""
+        channels = [user_channel(self.prefix, app, u).encode() for u in users]
+        self._wanted.difference_update(channels)
+        if not self._live.is_set():
+            return  # the reconnect subscribes only what is still wanted
+        by_feed: dict[str, list[bytes]] = {}
+        for channel in channels:
+            by_feed.setdefault(self._route(channel), []).append(channel)
+        with unavailable("unsubscribe"):
+            for name, group in by_feed.items():
+                feed = self._feeds.get(name)
+                if feed is not None:
+                    await feed.send("SUNSUBSCRIBE", group, self._slot_of)
+
+    # the listener
+
+    async def _listen(self) -> None:
+        """Connect, read, and on any loss reconnect with backoff, forever (until cancelled)."""
+        first = True
+        while True:
+            try:
+                confirmed = await self._connect()
+                async with asyncio.TaskGroup() as tg:
+                    for feed in self._feeds.values():
+                        tg.create_task(self._read(feed))
+                    tg.create_task(self._go_live(confirmed, first))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                while isinstance(exc, ExceptionGroup):
+                    exc = exc.exceptions[0]
+                if self._failures == 0:
+                    if isinstance(exc, FeedLost | RedisError | RedisClusterException | OSError):
+                        log.warning("redis feed lost: %s: %s", type(exc).__name__, exc)
+                    else:
+                        log.error("redis feed listener failed; restarting it", exc_info=exc)
+                self._failures += 1
+            finally:
+                await self._disconnect()
+            first = False
+            delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(self._failures, 16))
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def _connect(self) -> list[asyncio.Future[None]]:
+        """Open a connection per node and send SSUBSCRIBE for every wanted channel.
+
+        Returns the confirmations to wait for (the readers resolve them).
+        """
+        options: dict[str, Any] = dict(parse_url(self.url))
+        conn_class: type[Connection] = options.pop("connection_class", Connection)
+        options.update(socket_connect_timeout=self.connect_timeout, socket_timeout=None)
+        options["retry"] = Retry(NoBackoff(), 0)  # the listener does the reconnecting
+        # RESP2: pub/sub replies are plain arrays read in order. (redis-py 8 speaks RESP3 by
+        # default, where they are push frames that read_response does not return.)
+        options["protocol"] = 2
+        if self.cluster:
+            topology = RedisCluster.from_url(self.url, socket_connect_timeout=self.connect_timeout)
+            try:
+                await topology.initialize()
+                nodes = {f"{n.host}:{n.port}": (n.host, n.port) for n in topology.get_primaries()}
+                slots = [
+                    f"{node.host}:{node.port}"
+                    for node in map(
+                        topology.nodes_manager.get_node_from_slot, range(REDIS_CLUSTER_HASH_SLOTS)
+                    )
+                ]
+            finally:
+                await topology.aclose()
+            self._slot_of = key_slot
+            self._route = lambda channel: slots[key_slot(channel)]
+        else:
+            nodes = {"": (options.get("host", "localhost"), options.get("port", 6379))}
+            self._slot_of = lambda channel: 0
+            self._route = lambda channel: ""
+        for name, (host, port) in nodes.items():
+            conn = conn_class(**{**options, "host": host, "port": port})
+            self._feeds[name] = _NodeFeed(name, conn)
+            await conn.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
+        by_feed: dict[str, list[bytes]] = {}
+        for channel in sorted(self._wanted):
+            by_feed.setdefault(self._route(channel), []).append(channel)
+        loop = asyncio.get_running_loop()
+        confirmed: list[asyncio.Future[None]] = []
+        for name, group in by_feed.items():
+            feed = self._feeds[name]
+            for channel in group:
+                fut: asyncio.Future[None] = loop.create_future()
+                feed.confirm.setdefault(channel, []).append(fut)
+                confirmed.append(fut)
+            await feed.send("SSUBSCRIBE", group, self._slot_of)
+        return confirmed
+
+    async def _go_live(self, confirmed: list[asyncio.Future[None]], first: bool) -> None:
+        """Once Redis confirmed every subscription: live, and after a loss, reset."""
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S * 2):
+                await asyncio.gather(*confirmed)
+        except TimeoutError:
+            raise FeedLost("redis did not confirm the resubscription in time") from None
+        self._live.set()
+        self._failures = 0
+        if not first:
+            self.resets += 1
+            log.info("redis feed restored: %d channels resubscribed", len(self._wanted))
+            await self._call(self._on_reset)
+
+    async def _read(self, feed: _NodeFeed) -> None:
+        pinged = False
+        while True:
+            reply = await feed.conn.read_response(timeout=self.ping_every)
+            if reply is None:
+                if pinged:
+                    raise FeedLost(f"node {feed.name or self.url} stopped answering")
+                await feed.conn.send_command("PING", check_health=False)
+                pinged = True
+                continue
+            pinged = False
+            await self._dispatch(feed, reply)
+
+    async def _dispatch(self, feed: _NodeFeed, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 2:
+            return  # +PONG before any subscription
+        kind, channel = reply[0], reply[1]
+        if kind == b"smessage":
+            if channel in self._wanted and self._on_message is not None:
+                parsed = parse_channel(self.prefix, channel)
+                if parsed is not None:
+                    await self._call(self._on_message, *parsed, reply[2])
+        elif kind == b"ssubscribe":
+            for fut in feed.confirm.pop(channel, []):
+                if not fut.done():
+                    fut.set_result(None)
+        elif kind == b"sunsubscribe" and channel in self._wanted:
+            # Not asked for: the slot moved to another node (resharding, failover).
+            raise FeedLost(f"redis dropped channel {channel!r}")
+
+    async def _call(self, handler: Callable[..., Any] | None, *args: Any) -> None:
+        """Run a handler; its errors are logged, never allowed to stop the listener."""
+        if handler is None:
+            return
+        try:
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("broker handler failed")
+
+    async def _disconnect(self) -> None:
+        self._live.clear()
+        feeds, self._feeds = self._feeds, {}
+        for feed in feeds.values():
+            feed.fail(StoreUnavailable("redis feed lost"))
+            with contextlib.suppress(Exception):
+                await feed.conn.disconnect(nowait=True)
