@@ -1,4 +1,4 @@
-"""``presence-gateway serve | check-config``."""
+"""``presence-gateway serve | check-config | simulate``."""
 
 from __future__ import annotations
 

@@ -32,11 +32,12 @@ class LiveGateway:
 @contextlib.asynccontextmanager
 async def serve(settings: Settings, **uvicorn_options: object) -> AsyncIterator[LiveGateway]:
     """Serve ``settings`` through uvicorn on a socket bound to a free port; stop on exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    app = create_app(settings)
+    # IPPROTO_TCP, so asyncio sets TCP_NODELAY on accepted connections as uvicorn's own does
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(settings)
     options = {**cli.uvicorn_options(), "timeout_graceful_shutdown": 2, **uvicorn_options}
     config = uvicorn.Config(app, log_config=None, lifespan="on", **options)
     server = uvicorn.Server(config)
