@@ -364,10 +364,12 @@ class _NodeFeed:
         await self.conn.send_packed_command(packed, check_health=False)
 
     def fail(self, exc: BaseException) -> None:
+        """Fail every awaited confirmation (the connection is gone)."""
         for waiters in self.confirm.values():
             for fut in waiters:
                 if not fut.done():
                     fut.set_exception(exc)
+                    fut.exception()  # retrieved: no "never retrieved" log if nobody awaits
         self.confirm.clear()
 
 
