@@ -157,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_s": round(time.monotonic() - started, 1),
         "params": params,
         "generator_bottleneck": any("BOTTLENECK" in w for w in bench.warnings),
-        "warnings": sorted(set(bench.warnings)),
+        "foreign_cpu_max_pct": round(bench.foreign_max, 1),
+        "warnings": bench.all_warnings(),
         **result.data,
     }
     print(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import resource
 import shutil
 import signal
@@ -41,6 +42,21 @@ def free_port() -> int:
         s.bind((LOOPBACK, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_low_port() -> int:
+    """A free loopback port below 32768 (Redis Cluster wants a port of 55535 or less; this also
+    stays out of the ephemeral range the load generator's connections use)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10_000, 32_768)
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise BenchError("no free port below 32768")
 
 
 @dataclass(frozen=True)
@@ -262,7 +278,7 @@ class Redis:
         redis = cls(ports=[], cluster=masters > 0)
         try:
             for i in range(max(masters, 1)):
-                port = free_port()
+                port = free_low_port() if masters else free_port()
                 node_dir = workdir / f"redis-{i}"
                 node_dir.mkdir()
                 argv = [
@@ -284,6 +300,8 @@ class Redis:
                 ]
                 if masters:
                     argv += [
+                        "--cluster-port",
+                        str(free_low_port()),
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",

@@ -47,6 +47,7 @@ class Bench:
     rss: dict[int, RssPeak] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     nofile: int = 0
+    foreign_max: float = 0.0  # the most CPU% other processes used in any measured window
 
     def __post_init__(self) -> None:
         self.nofile = raise_nofile()  # inherited by the servers and workers we start
@@ -77,6 +78,15 @@ class Bench:
         for server in self.servers:
             if not server.child.alive():
                 raise RuntimeError(f"{server.name} exited:\n{server.child.tail()}")
+
+    def all_warnings(self) -> list[str]:
+        out = list(dict.fromkeys(self.warnings))
+        if self.foreign_max > FOREIGN_PCT:
+            out.append(
+                f"other load on the machine: up to {self.foreign_max:.0f}% of a core was used "
+                "by processes outside the bench while measuring; figures are disturbed"
+            )
+        return out
 
     def close(self) -> None:
         for pool in self.pools:
@@ -119,11 +129,7 @@ class Window:
         gen = self.gen.stop()
         # Whatever else ran on the machine meanwhile (other processes, interrupts).
         foreign = max(0.0, busy / self.gen.wall - sum(servers) - sum(redis) - sum(gen))
-        if foreign > FOREIGN_PCT:
-            self.bench.warnings.append(
-                f"other load on the machine: up to {foreign:.0f}% of a core was used by "
-                "processes outside the bench while measuring; figures are disturbed"
-            )
+        self.bench.foreign_max = max(self.bench.foreign_max, foreign)
         cores = self.bench.cores
         capacity = 100.0 * len(cores.generator)
         total = sum(gen)
@@ -131,8 +137,9 @@ class Window:
         bottleneck = total >= BOTTLENECK_PCT / 100 * capacity or busiest >= BOTTLENECK_PCT
         if bottleneck:
             self.bench.warnings.append(
-                f"LOAD GENERATOR WAS THE BOTTLENECK: {total:.0f}% of {capacity:.0f}% "
-                f"(busiest process {busiest:.0f}%); the server figures are lower bounds"
+                "LOAD GENERATOR WAS THE BOTTLENECK in a window marked << BOTTLENECK: its "
+                "processes used (nearly) all of their cores, so the server figures there are "
+                "lower bounds"
             )
         if not cores.pinned:
             self.bench.warnings.append(

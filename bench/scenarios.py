@@ -59,6 +59,8 @@ def _window_rows(res: Result, win: dict[str, Any], names: list[str]) -> None:
         res.row(f"{name} CPU / RSS (peak)", f"{cpu:.0f}% / {mb(rss)} ({mb(peak)})")
     if win["redis_cpu_pct"]:
         res.row("redis CPU", f"{win['redis_cpu_pct']:.0f}%")
+    if win["foreign_cpu_pct"] > 5:
+        res.row("other processes on the machine", f"{win['foreign_cpu_pct']:.0f}% (!)")
     flag = "  << BOTTLENECK" if win["generator_bottleneck"] else ""
     res.row(
         "load generator CPU",

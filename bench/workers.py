@@ -565,6 +565,8 @@ class Watchers:
         expected = lost = 0
         examples: list[str] = []
         for sess in self.sessions:
+            if not sess.ready_ns:
+                continue  # never set up: counted as a connection failure, not as loss
             for u in sess.users:
                 ks = acked.get(u)
                 if not ks:
