@@ -43,6 +43,7 @@ class WatcherSession(Protocol):
     lastv: dict[int, int]  # per watched user: the highest v received
     ready_ns: int
     closed_code: int
+    stage: str  # what setup step it waits for: tcp, handshake, welcome, snapshot, ready
     ws: WsConn | None
     waiter: asyncio.Future[None] | None
 
@@ -91,6 +92,7 @@ class GatewaySession:
         "next_id",
         "ready_ns",
         "rec",
+        "stage",
         "users",
         "waiter",
         "ws",
@@ -105,12 +107,14 @@ class GatewaySession:
         self.lastv: dict[int, int] = {}
         self.ready_ns = 0
         self.closed_code = 0
+        self.stage = "tcp"
         self.next_id = 1
         self.ws: WsConn | None = None
         self.waiter: asyncio.Future[None] | None = None
 
     def on_open(self, ws: WsConn) -> None:
         self.ws = ws
+        self.stage = "welcome"
         assert self.hello is not None
         ws.send_text(self.hello)
         self.hello = None
@@ -124,12 +128,14 @@ class GatewaySession:
             pass
         elif kind == "welcome":
             self.rec.heartbeat_ms = msg.heartbeat_ms
+            self.stage = "snapshot"
             users = [f"u{u}" for u in self.users]
             self._send({"type": "watch", "id": self._id(), "users": users})
         elif kind == "snapshot":
             for st in msg.presence:
                 u = user_index(st.user)
                 self.lastv[u] = max(st.v, self.lastv.get(u, 0))
+            self.stage = "ready"
             self.rec.ready(self)
         elif kind == "resync":
             for st in msg.presence:

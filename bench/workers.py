@@ -222,6 +222,22 @@ class Sender:
             if inflight == 0 and drained is not None and not drained.done():
                 drained.set_result(None)
 
+        async def take() -> HttpConn:
+            """The most recently used idle connection (a stack: at low rates only a few stay
+            in use, and the rest may hit the server's keep-alive timeout harmlessly)."""
+            while True:
+                while idle:
+                    conn = idle.pop()
+                    if not conn.closed:
+                        return conn
+                if inflight == 0:  # all closed while idle: open a fresh one
+                    (conn,) = await connect_many(self.port, 1, on_response)
+                    self.conns.append(conn)
+                    return conn
+                w = loop.create_future()
+                wake.append(w)
+                await w
+
         await self.close()
         self.conns = await connect_many(self.port, conns, on_response)
         idle.extend(self.conns)
@@ -234,13 +250,7 @@ class Sender:
             due = t0_ns + int((k - k0) * step_ns)
             if due > time.monotonic_ns():
                 await _sleep_until(due)
-            while not idle:
-                if all(c.closed for c in self.conns):
-                    raise BenchError("every webhook connection was closed by the server")
-                w = loop.create_future()
-                wake.append(w)
-                await w
-            conn = idle.popleft()
+            conn = await take()
             request = build(k)
             now = time.monotonic_ns()
             lag = now - due
@@ -480,6 +490,8 @@ class Watchers:
 
     def error(self, sess: WatcherSession, code: str) -> None:
         self.errors[code] += 1
+        if sess.waiter is not None and not sess.waiter.done():
+            sess.waiter.set_exception(BenchError(f"error {code}"))
 
     def closed(self, sess: WatcherSession, code: int) -> None:
         self.closes[code] += 1
@@ -507,7 +519,8 @@ class Watchers:
                         )
                         await sess.waiter
                 except (OSError, TimeoutError, BenchError) as exc:
-                    failures[type(exc).__name__ + (f": {exc}" if str(exc) else "")] += 1
+                    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    failures[f"{what} (waiting for {sess.stage})"] += 1
                     if sess.ws is not None:
                         sess.ws.abort()
                 finally:

@@ -41,6 +41,8 @@ CLOCK = Clock()
 class Session(Protocol):
     """What a dialect implements for one connection."""
 
+    stage: str
+
     def on_open(self, ws: WsConn) -> None: ...
 
     def on_text(self, payload: bytes) -> None: ...
@@ -98,6 +100,7 @@ class WsConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = tr = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.session.stage = "handshake"
         self.key = base64.b64encode(os.urandom(16))
         tr.write(
             b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
