@@ -14,9 +14,16 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from gateway.backends.base import PresenceSettings
-from gateway.backends.redis import RedisStore, parse_channel, user_channel, user_key
+from gateway.backends.redis import (
+    RedisStore,
+    decode_record,
+    encode_record,
+    parse_channel,
+    user_channel,
+    user_key,
+)
 from gateway.errors import StoreUnavailable
-from gateway.model import PresenceEvent, UserState
+from gateway.model import DeviceRecord, DeviceView, PresenceEvent, UserState
 from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -26,12 +33,12 @@ APP_IDS = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 USER_IDS = st.text(min_size=1, max_size=256)
 
 
-def on(user: str, device: str, time: int) -> PresenceEvent:
-    return PresenceEvent(user=user, device=device, platform="ios", online=True, time=time)
+def on(user: str, device: str, time: int, platform: str = "ios") -> PresenceEvent:
+    return PresenceEvent(user=user, device=device, platform=platform, online=True, time=time)
 
 
-def off(user: str, device: str, time: int) -> PresenceEvent:
-    return PresenceEvent(user=user, device=device, platform="ios", online=False, time=time)
+def off(user: str, device: str, time: int, platform: str = "ios") -> PresenceEvent:
+    return PresenceEvent(user=user, device=device, platform=platform, online=False, time=time)
 
 
 @given(app=APP_IDS, user=USER_IDS)
@@ -49,6 +56,22 @@ def test_parse_channel_rejects_foreign_channels() -> None:
     assert parse_channel("pg", user_channel("other", "a", "b")) is None
     assert parse_channel("pg", "pg:c:{noslash}") is None
     assert parse_channel("pg", "pg:u:{a/b}") is None
+
+
+RECORDS = st.builds(
+    DeviceRecord,
+    time=st.integers(0, 2**53),
+    online=st.booleans(),
+    platform=st.text(),
+    off=st.none() | st.integers(0, 2**53),
+    ons=st.lists(st.integers(0, 2**53), max_size=40, unique=True).map(lambda t: tuple(sorted(t))),
+)
+
+
+@given(record=RECORDS)
+def test_record_encoding_round_trips(record: DeviceRecord) -> None:
+    """Any record, whatever its platform holds (commas, semicolons), decodes to itself."""
+    assert decode_record(encode_record(record).encode()) == record
 
 
 def test_prefix_with_braces_refused() -> None:
@@ -87,15 +110,35 @@ async def test_key_expires_only_when_all_offline(store: RedisStore, raw: Redis) 
 
 async def test_record_layout(store: RedisStore, raw: Redis) -> None:
     """Device records and the published state live in one hash, compactly encoded."""
-    result = await store.apply("app", [on("bob", "d1", NOW)], NOW)
+    batch = [on("bob", "d1", NOW - 5), off("bob", "d1", NOW - 4), on("bob", "d1", NOW)]
+    batch += [on("bob", "d1", NOW + 3), off("bob", "d2", NOW, "web")]
+    result = await store.apply("app", batch, NOW)
     fields = await raw.hgetall(store.key("app", "bob"))
-    assert fields[b"d:d1"] == b"%d,1,ios" % NOW
+    assert fields[b"d:d1"] == b"%d,1,%d,%d;%d,ios" % (NOW + 3, NOW - 4, NOW, NOW + 3)
+    assert fields[b"d:d2"] == b"%d,0,%d,,web" % (NOW, NOW)
     assert fields[b"v"] == b"%d" % NOW
     assert fields[b"s"] == (
         b'{"user":"bob","status":"online","since":%d,' % NOW
         + b'"devices":[{"platform":"ios","since":%d}],"v":%d}' % (NOW, NOW)
     )
     assert result.published[0].v == NOW
+
+
+async def test_reads_records_of_the_older_form(store: RedisStore, raw: Redis) -> None:
+    """Records written as "time,online,platform" (before off/ons) are read and merged."""
+    key = store.key("app", "bob")
+    await raw.hset(key, mapping={"d:d1": b"%d,1,ios" % NOW, "d:d2": b"%d,0,web" % (NOW - 9)})
+    assert await store.records("app", "bob") == {
+        "d1": DeviceRecord(NOW, True, "ios", None, (NOW,)),
+        "d2": DeviceRecord(NOW - 9, False, "web", NOW - 9, ()),
+    }
+    duplicate = await store.apply("app", [on("bob", "d1", NOW), off("bob", "d2", NOW - 9)], NOW)
+    assert (duplicate.applied, duplicate.ignored) == (0, 2)
+    result = await store.apply("app", [on("bob", "d1", NOW + 5)], NOW + 5)
+    assert result.published == [
+        UserState("bob", "online", NOW, [DeviceView("ios", NOW)], NOW + 5)
+    ]  # since: the online of the old record, not the repeat
+    assert (await raw.hget(key, "d:d1")) == b"%d,1,,%d;%d,ios" % (NOW + 5, NOW, NOW + 5)
 
 
 async def test_reloads_flushed_script(store: RedisStore, raw: Redis) -> None:

@@ -29,6 +29,7 @@ from gateway.model import (
     prune,
     record_of,
     state_encoder,
+    trim,
 )
 
 
@@ -103,12 +104,12 @@ class MemoryStore:
             entry = self._users.get((app, ev.user))
             if entry is None:
                 entry = self._users[(app, ev.user)] = _User(ev.user)
-            incoming = record_of(ev)
             current = entry.records.get(ev.device)
-            if merge(current, incoming) is current:
+            merged = trim(merge(current, record_of(ev)), now - max_age)
+            if merged == current:
                 result.ignored += 1
                 continue
-            entry.records[ev.device] = incoming
+            entry.records[ev.device] = merged
             result.applied += 1
             touched[ev.user] = entry
         grace = self.settings.offline_grace_ms

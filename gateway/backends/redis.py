@@ -4,7 +4,8 @@ Layout (``<prefix>`` is ``pg`` unless configured; ``<tag>`` is ``<app>/<user>`` 
 and ``}`` of the user id percent-escaped, so the whole tag is the Cluster hash tag and a user's
 key and channel always share a slot)::
 
-    <prefix>:u:{<tag>}   hash  d:<device> -> "<time>,<0|1>,<platform>"   device records
+    <prefix>:u:{<tag>}   hash  d:<device> -> "<time>,<0|1>,<off>,<on1>;<on2>;…,<platform>"
+                                  a device record (``DeviceRecord``; platform last)
                                s -> the last published state (JSON)   v -> its version
     <prefix>:c:{<tag>}   shard channel: every state published for the user (SPUBLISH)
 
@@ -47,7 +48,13 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from gateway.backends.base import ApplyResult, MessageHandler, PresenceSettings, ResetHandler
 from gateway.backends.memory import clock_ms
 from gateway.errors import StoreUnavailable
-from gateway.model import DeviceRecord, PresenceEvent, UserState, state_decoder
+from gateway.model import (
+    MAX_ONLINE_TIMES,
+    DeviceRecord,
+    PresenceEvent,
+    UserState,
+    state_decoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +129,29 @@ def unavailable(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def _record(raw: bytes) -> DeviceRecord:
-    time, online, platform = raw.decode().split(",", 2)
-    return DeviceRecord(time=int(time), online=online == "1", platform=platform)
+def encode_record(rec: DeviceRecord) -> str:
+    """A device record as apply.lua stores it: ``time,online,off,on1;on2;…,platform``."""
+    off = "" if rec.off is None else str(rec.off)
+    return f"{rec.time},{int(rec.online)},{off},{';'.join(map(str, rec.ons))},{rec.platform}"
+
+
+def decode_record(raw: bytes | str) -> DeviceRecord:
+    """The record ``encode_record`` made, or one of the older form ``time,online,platform``."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    parts = text.split(",", 4)
+    time, online = int(parts[0]), parts[1] == "1"
+    if len(parts) == 3:  # the older form: the record of that one event
+        return DeviceRecord(
+            time, online, parts[2], None if online else time, (time,) if online else ()
+        )
+    off, ons, platform = parts[2:]
+    return DeviceRecord(
+        time,
+        online,
+        platform,
+        int(off) if off else None,
+        tuple(int(t) for t in ons.split(";") if t),
+    )
 
 
 class RedisStore:
@@ -182,7 +209,16 @@ class RedisStore:
         max_age = self.settings.max_event_age_s * 1000
         retention = self.settings.session_retention_s * 1000
         grace = self.settings.offline_grace_ms
-        argv = [mode, now, max_age, retention, retention + max_age, grace, _json.encode(user)]
+        argv = [
+            mode,
+            now,
+            max_age,
+            retention,
+            retention + max_age,
+            grace,
+            _json.encode(user),
+            MAX_ONLINE_TIMES,
+        ]
         for ev in events:
             argv += (ev.device, ev.time, 1 if ev.online else 0, ev.platform)
         return (self._apply_sha, 2, self.key(app, user), self.channel(app, user), *argv)
@@ -292,7 +328,7 @@ class RedisStore:
         with unavailable("records"):
             fields = cast("dict[bytes, bytes]", await self.client.hgetall(self.key(app, user)))
         return {
-            field[2:].decode(): _record(value)
+            field[2:].decode(): decode_record(value)
             for field, value in fields.items()
             if field.startswith(b"d:")
         }

@@ -1,11 +1,18 @@
 -- apply.lua: merge one user's presence events and publish the new state if watchers would see
 -- a change; or (mode "sweep") end the user's offline grace. One atomic call per user. The rules
--- are gateway/model.py's and MemoryStore's, exactly: per-device last-writer-wins on (time,
--- online, platform), the freshness window, tombstone pruning, aggregate, next_version and the
--- offline grace. The store contract tests check that this and the memory store agree.
+-- are gateway/model.py's and MemoryStore's, exactly: per-device merge (last-writer-wins on
+-- (time, online, platform) plus the latest offline and the online times since it), trim, the
+-- freshness window, tombstone pruning, aggregate, next_version and the offline grace. The store
+-- contract tests check that this and the memory store agree.
 --
 -- KEYS[1]  the user's hash. Fields:
---            d:<device>  "<time>,<0|1>,<platform>"   one device record
+--            d:<device>  one device record (model.DeviceRecord):
+--                        "<time>,<0|1>,<off>,<on1>;<on2>;...,<platform>"
+--                        time, online, platform: the last-writer-wins winner; off: the latest
+--                        offline time ("" if none); the online times at or after off, sorted
+--                        ("" if none). The platform is last, so nothing in it can break the
+--                        parse. Records of the older form "<time>,<0|1>,<platform>" are read
+--                        too (as the record of that one event).
 --            s           the last published state, JSON, exactly as published
 --            v           its version
 --            p           its online platforms, JSON strings joined by ","
@@ -19,7 +26,8 @@
 -- ARGV[5]  expire_ms: the key's TTL once every device is offline
 -- ARGV[6]  offline_grace_ms (0: publish offlines at once)
 -- ARGV[7]  the user id as a JSON string literal (encoded by the caller, byte-equal to msgspec)
--- ARGV[8..] apply: the events, 4 values each, in arrival order: device, time, online (1|0),
+-- ARGV[8]  max_online_times: the most online times a record keeps (model.MAX_ONLINE_TIMES)
+-- ARGV[9..] apply: the events, 4 values each, in arrival order: device, time, online (1|0),
 --           platform
 --
 -- Returns {applied, ignored, state, grace_end}: state is the published JSON or nil; grace_end
@@ -33,6 +41,7 @@ local retention = tonumber(ARGV[4])
 local expire_ms = ARGV[5]
 local grace = tonumber(ARGV[6])
 local user_json = ARGV[7]
+local cap = tonumber(ARGV[8])
 
 -- Byte order of two strings: Python's str order for UTF-8. Lua's "<" on strings uses the
 -- server's collation locale, which may differ.
@@ -60,14 +69,108 @@ local function beats(new, old)
   return str_lt(old.p, new.p)
 end
 
-local function decode_record(raw)
-  local c1 = string.find(raw, ",", 1, true)
-  local ts = string.sub(raw, 1, c1 - 1)
-  return { ts = ts, t = tonumber(ts), on = string.sub(raw, c1 + 1, c1 + 1) == "1", p = string.sub(raw, c1 + 3) }
+-- Integers (ms times stay far below 2^53, exact in Lua's doubles) as Python prints them.
+local function fmt(n)
+  return string.format("%d", n)
 end
 
 local function encode_record(rec)
-  return rec.ts .. "," .. (rec.on and "1" or "0") .. "," .. rec.p
+  local ons = {}
+  for i, t in ipairs(rec.ons) do
+    ons[i] = fmt(t)
+  end
+  return fmt(rec.t) .. "," .. (rec.on and "1" or "0") .. "," .. (rec.off and fmt(rec.off) or "")
+    .. "," .. table.concat(ons, ";") .. "," .. rec.p
+end
+
+-- A record: { t, on, p, off (nil if none), ons (sorted array), raw (its encoding) }.
+local function decode_record(raw)
+  local f, from = {}, 1
+  for _ = 1, 4 do
+    local comma = string.find(raw, ",", from, true)
+    if comma == nil then
+      break
+    end
+    f[#f + 1] = string.sub(raw, from, comma - 1)
+    from = comma + 1
+  end
+  local rec = { t = tonumber(f[1]), on = f[2] == "1", p = string.sub(raw, from), raw = raw }
+  if #f == 2 then
+    -- The older form, the record of one event: re-encoded so a duplicate of it compares equal.
+    rec.off = (not rec.on) and rec.t or nil
+    rec.ons = rec.on and { rec.t } or {}
+    rec.raw = encode_record(rec)
+  else
+    rec.off = tonumber(f[3]) -- nil for ""
+    rec.ons = {}
+    for t in string.gmatch(f[4], "[^;]+") do
+      rec.ons[#rec.ons + 1] = tonumber(t)
+    end
+  end
+  return rec
+end
+
+-- model.merge(current, model.record_of(event)): a new record.
+local function merge(cur, t, on, p)
+  if cur == nil then
+    return { t = t, on = on, p = p, off = (not on) and t or nil, ons = on and { t } or {} }
+  end
+  local new = { t = cur.t, on = cur.on, p = cur.p, off = cur.off, ons = cur.ons }
+  if beats({ t = t, on = on, p = p }, cur) then
+    new.t, new.on, new.p = t, on, p
+  end
+  if on then
+    if cur.off == nil or t >= cur.off then -- insert t, keeping ons sorted and unique
+      local ons, placed = {}, false
+      for _, x in ipairs(cur.ons) do
+        if not placed and t <= x then
+          if t < x then
+            ons[#ons + 1] = t
+          end
+          placed = true
+        end
+        ons[#ons + 1] = x
+      end
+      if not placed then
+        ons[#ons + 1] = t
+      end
+      new.ons = ons
+    end
+  elseif cur.off == nil or t > cur.off then -- a later offline cuts the online times before it
+    new.off = t
+    local ons = {}
+    for _, x in ipairs(cur.ons) do
+      if x >= t then
+        ons[#ons + 1] = x
+      end
+    end
+    new.ons = ons
+  end
+  return new
+end
+
+-- model.trim: keep the first online time; drop later ones older than floor; then keep at
+-- most cap, the first and the newest.
+local function trim(rec, floor)
+  local ons = rec.ons
+  if #ons <= 1 then
+    return rec
+  end
+  local kept = { ons[1] }
+  for i = 2, #ons do
+    if ons[i] >= floor then
+      kept[#kept + 1] = ons[i]
+    end
+  end
+  if #kept > cap then
+    local newest = { kept[1] }
+    for i = #kept - cap + 2, #kept do
+      newest[#newest + 1] = kept[i]
+    end
+    kept = newest
+  end
+  rec.ons = kept
+  return rec
 end
 
 -- cjson escapes "/" as "\/"; msgspec does not. Both decode alike; keep the bytes identical.
@@ -90,40 +193,40 @@ for i = 1, #flat, 2 do
   end
 end
 
--- model.aggregate: online platforms with their earliest online time, sorted by platform;
--- since = the earliest online time, else the latest offline time. Returns the state's JSON up
--- to "v" and its platform list.
+-- model.aggregate: online platforms with their earliest device since (the first online time
+-- of the device's streak), sorted by platform; since = the earliest of those, else the latest
+-- offline time. Returns the state's JSON up to "v" and its platform list.
 local function aggregate()
   local online, platforms = {}, {}
   local last_seen = nil
   for _, rec in pairs(records) do
     if rec.on then
+      local since = rec.ons[1] or rec.t
       local prev = online[rec.p]
       if prev == nil then
-        online[rec.p] = rec
+        online[rec.p] = since
         platforms[#platforms + 1] = rec.p
-      elseif rec.t < prev.t then
-        online[rec.p] = rec
+      elseif since < prev then
+        online[rec.p] = since
       end
-    elseif last_seen == nil or rec.t > last_seen.t then
-      last_seen = rec
+    elseif last_seen == nil or rec.t > last_seen then
+      last_seen = rec.t
     end
   end
   if #platforms == 0 then
     return '{"user":' .. user_json .. ',"status":"offline","since":'
-      .. (last_seen and last_seen.ts or "null") .. ',"devices":[],"v":', ""
+      .. (last_seen and fmt(last_seen) or "null") .. ',"devices":[],"v":', ""
   end
   table.sort(platforms, str_lt)
   local devices, names, since = {}, {}, nil
   for i, p in ipairs(platforms) do
-    local rec = online[p]
     names[i] = json_string(p)
-    devices[i] = '{"platform":' .. names[i] .. ',"since":' .. rec.ts .. "}"
-    if since == nil or rec.t < since.t then
-      since = rec
+    devices[i] = '{"platform":' .. names[i] .. ',"since":' .. fmt(online[p]) .. "}"
+    if since == nil or online[p] < since then
+      since = online[p]
     end
   end
-  return '{"user":' .. user_json .. ',"status":"online","since":' .. since.ts
+  return '{"user":' .. user_json .. ',"status":"online","since":' .. fmt(since)
     .. ',"devices":[' .. table.concat(devices, ",") .. '],"v":', table.concat(names, ",")
 end
 
@@ -154,22 +257,25 @@ if mode == "sweep" then
   return { 0, 0, publish(head, platforms), false }
 end
 
--- Merge the events in order (model.merge, model.is_fresh).
+-- Merge the events in order (model.is_fresh, model.merge, model.trim); an event that leaves
+-- its record as it was is ignored.
 local applied, ignored = 0, 0
 local dirty = {}
-for i = 8, #ARGV, 4 do
-  local ts = ARGV[i + 1]
-  local incoming = { ts = ts, t = tonumber(ts), on = ARGV[i + 2] == "1", p = ARGV[i + 3] }
-  local device = ARGV[i]
-  local current = records[device]
-  if math.abs(now - incoming.t) > max_age then
-    ignored = ignored + 1
-  elseif current ~= nil and not beats(incoming, current) then
+for i = 9, #ARGV, 4 do
+  local device, t = ARGV[i], tonumber(ARGV[i + 1])
+  if math.abs(now - t) > max_age then
     ignored = ignored + 1
   else
-    records[device] = incoming
-    dirty[device] = true
-    applied = applied + 1
+    local current = records[device]
+    local new = trim(merge(current, t, ARGV[i + 2] == "1", ARGV[i + 3]), now - max_age)
+    new.raw = encode_record(new)
+    if current ~= nil and new.raw == current.raw then
+      ignored = ignored + 1
+    else
+      records[device] = new
+      dirty[device] = true
+      applied = applied + 1
+    end
   end
 end
 if applied == 0 then
@@ -186,7 +292,7 @@ for device, rec in pairs(records) do
   end
 end
 for device in pairs(dirty) do
-  redis.call("HSET", key, "d:" .. device, encode_record(records[device]))
+  redis.call("HSET", key, "d:" .. device, records[device].raw)
 end
 
 local head, platforms = aggregate()
