@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import msgspec
 from redis.crc import key_slot
 
 from gateway.backends.base import PresenceSettings, PresenceStore
@@ -206,6 +207,132 @@ async def test_tombstones_pruned_after_retention(backend: Backend) -> None:
     await store.apply(app, [off("bob", "d2", "web", later)], now_ms=later)
     records = await store.records(app, "bob")
     assert set(records) == {"d2"} and not records["d2"].online
+
+
+# -- since: when the current status began ---------------------------------------------------
+
+MIN = 60 * S
+
+
+async def test_repeated_online_keeps_since_and_publishes_nothing(backend: Backend) -> None:
+    """A later online of a device already online (OpenIM's re-send) publishes nothing."""
+    store, app = await backend.store(), new_app()
+    inbox = await backend.listen(store, app, "bob")
+    first = await store.apply(app, [on("bob", "2", "android", NOW - 9 * MIN)], now_ms=NOW)
+    assert state_decoder.decode(await inbox.next()) == first.published[0]
+    resent = await store.apply(app, [on("bob", "2", "android", NOW)], now_ms=NOW + 1)
+    assert (resent.applied, resent.published) == (1, [])
+    assert await store.get(app, ["bob"]) == first.published
+    assert (await store.records(app, "bob"))["2"].since() == NOW - 9 * MIN
+    # The next real change is the very next message, and still shows the first online.
+    later = await store.apply(app, [on("bob", "5", "web", NOW + 2)], now_ms=NOW + 2)
+    got = state_decoder.decode(await inbox.next())
+    assert got == later.published[0] and got.since == NOW - 9 * MIN
+    assert got.devices == [DeviceView("android", NOW - 9 * MIN), DeviceView("web", NOW + 2)]
+
+
+async def test_openim_resend_of_every_platform_keeps_each_since(store: PresenceStore) -> None:
+    """OpenIM re-sends online for every connected platform on a change: only the change shows."""
+    app = new_app()
+    await store.apply(app, [on("bob", "1", "ios", NOW - 8 * MIN)], now_ms=NOW)
+    await store.apply(app, [on("bob", "5", "web", NOW - 4 * MIN)], now_ms=NOW)
+    resend = [
+        on("bob", "1", "ios", NOW),
+        on("bob", "5", "web", NOW),
+        on("bob", "2", "android", NOW),
+    ]
+    result = await store.apply(app, resend, now_ms=NOW + 5)
+    assert result.applied == 3
+    assert result.published == [
+        UserState(
+            "bob",
+            "online",
+            NOW - 8 * MIN,
+            [
+                DeviceView("android", NOW),
+                DeviceView("ios", NOW - 8 * MIN),
+                DeviceView("web", NOW - 4 * MIN),
+            ],
+            NOW + 5,
+        )
+    ]
+
+
+async def test_login_login_without_disconnect_keeps_since(store: PresenceStore) -> None:
+    """Tencent's Login, Login with no Disconnect (a quick reconnect) keeps the first since."""
+    app = new_app()
+    await store.apply(app, [on("bob", "iOS", "ios", NOW - 3 * MIN)], now_ms=NOW)
+    again = await store.apply(app, [on("bob", "iOS", "ios", NOW - MIN)], now_ms=NOW + 1)
+    assert again.published == []
+    [bob] = await store.get(app, ["bob"])
+    assert (bob.status, bob.since, bob.devices) == (
+        "online",
+        NOW - 3 * MIN,
+        [DeviceView("ios", NOW - 3 * MIN)],
+    )
+
+
+async def test_late_offline_moves_since_to_next_online(store: PresenceStore) -> None:
+    """An offline arriving late, between two onlines, starts the streak at the online after it."""
+    app = new_app()
+    await store.apply(
+        app, [on("bob", "d1", "ios", NOW - 5 * MIN), on("bob", "d1", "ios", NOW - MIN)], NOW
+    )
+    assert (await store.get(app, ["bob"]))[0].since == NOW - 5 * MIN
+    late = await store.apply(app, [off("bob", "d1", "ios", NOW - 3 * MIN)], now_ms=NOW + 1)
+    assert late.applied == 1
+    assert late.published == [
+        UserState("bob", "online", NOW - MIN, [DeviceView("ios", NOW - MIN)], NOW + 1)
+    ]
+    # The same offline again, or an online older than it, changes nothing.
+    again = await store.apply(
+        app, [off("bob", "d1", "ios", NOW - 3 * MIN), on("bob", "d1", "ios", NOW - 4 * MIN)], NOW
+    )
+    assert (again.applied, again.ignored, again.published) == (0, 2, [])
+
+
+async def test_offline_then_online_starts_a_new_streak(store: PresenceStore) -> None:
+    """Online, offline, then online later: since is the new online, in any arrival order."""
+    app = new_app()
+    history = [
+        on("bob", "d1", "ios", NOW - 5 * MIN),
+        off("bob", "d1", "ios", NOW - 3 * MIN),
+        on("bob", "d1", "ios", NOW - 2 * MIN),
+        on("bob", "d1", "ios", NOW - MIN),
+    ]
+    users = ["in-order", "reversed"]
+    for user, events in zip(users, [history, history[::-1]], strict=True):
+        for ev in events:
+            await store.apply(app, [msgspec.structs.replace(ev, user=user)], now_ms=NOW)
+    want = ("online", NOW - 2 * MIN, (DeviceView("ios", NOW - 2 * MIN),))
+    assert [s.visible() for s in await store.get(app, users)] == [want, want]
+
+
+async def test_hourly_resends_stay_small_and_exact(store: PresenceStore) -> None:
+    """Re-sends every 10 minutes for hours keep since and a record of three online times."""
+    app = new_app()
+    every = 10 * MIN  # = max_event_age_s: each re-send is as old as the window allows
+    start = NOW - 50 * every
+    for k in range(50):
+        result = await store.apply(
+            app, [on("bob", "3", "windows", start + k * every)], start + k * every
+        )
+        assert len(result.published) == (k == 0)
+    record = (await store.records(app, "bob"))["3"]
+    assert record.ons == (start, NOW - 2 * every, NOW - every)
+    # A late offline inside the window still ends the streak where the full history would.
+    late = off("bob", "3", "windows", NOW - every * 3 // 2)
+    result = await store.apply(app, [late], now_ms=NOW - every)
+    assert [s.since for s in result.published] == [NOW - every]
+
+
+async def test_online_times_capped(store: PresenceStore) -> None:
+    """A flood of onlines of one device keeps the first and the newest 31 online times."""
+    app = new_app()
+    times = [NOW - 100 * S + i * S for i in range(40)]
+    result = await store.apply(app, [on("bob", "d1", "ios", t) for t in reversed(times)], NOW)
+    assert result.applied == 40 and [s.since for s in result.published] == [times[0]]
+    assert (await store.records(app, "bob"))["d1"].ons == (times[0], *times[-31:])
 
 
 async def test_get_keeps_order_and_batches(store: PresenceStore) -> None:
