@@ -94,9 +94,10 @@ def _profile_rows(res: Result, prof: dict[str, Any] | None) -> None:
         res.lines.append(f"      {pct:5.1f}%  {name}")
     res.lines.append("    inclusive (server code):")
     shown = 0
+    top = max((pct for _, pct in prof["inclusive"]), default=0.0)
     for name, pct in prof["inclusive"]:
-        if pct >= 80 or not any(m in name for m in _OURS):
-            continue
+        if pct >= 0.98 * top or not any(m in name for m in _OURS):
+            continue  # the root chain (main, uvicorn's run...) says nothing
         res.lines.append(f"      {pct:5.1f}%  {name}")
         shown += 1
         if shown == 14:
@@ -258,6 +259,7 @@ def deliver(
         "achieved_rate": round(count / send_s, 1),
         "max_send_lag_ms": round(max(r["max_lag_ms"] for r in sent), 2),
         "late_sends": sum(r["late"] for r in sent),
+        "sender_starved": sum(r["starved"] for r in sent),
         "webhook_ms": merge_hists([r["hist"] for r in sent]).summary_ms(),
         "expected": expected,
         "delivered": exact,
@@ -482,7 +484,7 @@ def _step_verdict(d: dict[str, Any], max_p99_ms: float) -> str:
         return "webhook errors"
     if d["closes"]:
         return f"closes {d['closes']}"
-    if d["achieved_rate"] < 0.97 * d["rate"] or d["late_sends"] > 0.05 * d["events"]:
+    if d["achieved_rate"] < 0.97 * d["rate"]:
         return "webhooks could not keep the rate"
     if not d["drained"]:
         return "did not drain"

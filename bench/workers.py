@@ -14,12 +14,14 @@ later of that user).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import itertools
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
+import os
 import time
 import traceback
 from bisect import bisect_right
@@ -76,6 +78,10 @@ def _worker_main(
     raise_nofile()
     pin(0, cores)
     gc.disable()
+    if kind == "sender":
+        # Keep the send schedule when the watcher processes on the same cores are busy.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, -5)
     uvloop.run(_serve(kind, pipe, init))
 
 
@@ -222,9 +228,12 @@ class Sender:
             if inflight == 0 and drained is not None and not drained.done():
                 drained.set_result(None)
 
+        starved = 0  # times every connection was busy: the server acked too slowly
+
         async def take() -> HttpConn:
             """The most recently used idle connection (a stack: at low rates only a few stay
             in use, and the rest may hit the server's keep-alive timeout harmlessly)."""
+            nonlocal starved
             while True:
                 while idle:
                     conn = idle.pop()
@@ -234,6 +243,7 @@ class Sender:
                     (conn,) = await connect_many(self.port, 1, on_response)
                     self.conns.append(conn)
                     return conn
+                starved += 1
                 w = loop.create_future()
                 wake.append(w)
                 await w
@@ -276,6 +286,7 @@ class Sender:
             "hist": hist,
             "max_lag_ms": max_lag / 1e6,
             "late": late,
+            "starved": starved,
             "first_due_ns": t0_ns,
             "last_send_ns": last_send,
         }
