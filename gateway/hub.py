@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from gateway.backends.base import Broker, PresenceStore
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.model import UserState
+from gateway.model import UserState, state_decoder
 from gateway.protocol import presence_frame
 
 if TYPE_CHECKING:
@@ -57,7 +57,8 @@ class Hub:
         self.metrics = metrics
         self.index: dict[Key, set[Session]] = {}
         self.sessions: set[Session] = set()
-        self._subscribing: dict[Key, asyncio.Future[None]] = {}
+        self._subscribing: dict[Key, asyncio.Future[None]] = {}  # failed ones stay while indexed
+        self._unsubscribing: dict[Key, asyncio.Future[None]] = {}
         self._unsubscribe: set[Key] = set()
         self._dirty: set[Session] = set()
         self._flush_handle: asyncio.Handle | None = None
@@ -66,6 +67,9 @@ class Hub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resyncs: set[asyncio.Task[None]] = set()
+        self._recording: list[dict[Key, tuple[int, bytes | UserState]]] = []  # see resync
+        self._resyncs_started = 0
+        self._resync_applied = 0  # the newest resync handed to sessions
         # plain counters, exported by a collector at scrape time (no locks on the hot path)
         self.sent = 0
         self.slow_closes = 0
@@ -93,9 +97,12 @@ class Hub:
         """Index ``session`` as a watcher of ``users``; return once their feed is live.
 
         Raises StoreUnavailable (and leaves nothing indexed) when the broker cannot subscribe.
+        A subscribe waits for an unsubscribe of the same user still in flight: the broker
+        need not apply calls in the order they were made.
         """
         new: list[str] = []
         waits: list[asyncio.Future[None]] = []
+        unsubscribing: set[asyncio.Future[None]] = set()
         for user in users:
             key = (app, user)
             watchers = self.index.get(key)
@@ -105,6 +112,8 @@ class Hub:
                     self._unsubscribe.discard(key)  # still subscribed: keep it
                 else:
                     new.append(user)
+                    if (busy := self._unsubscribing.get(key)) is not None:
+                        unsubscribing.add(busy)
             watchers.add(session)
             pending = self._subscribing.get(key)
             if pending is not None:
@@ -114,18 +123,22 @@ class Hub:
             for user in new:
                 self._subscribing[(app, user)] = done
             try:
+                for busy in unsubscribing:
+                    await asyncio.shield(busy)
                 await self.broker.subscribe(app, new)
             except BaseException as exc:
+                # the keys stay marked failed while indexed, so a session that starts
+                # watching them meanwhile does not take them for subscribed
                 done.set_exception(StoreUnavailable("subscribe failed"))
                 done.exception()  # retrieved: waiters get their own copy below
                 self.unwatch(session, app, users)
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: not the store's failure
                 raise StoreUnavailable("subscribe failed") from exc
-            else:
-                done.set_result(None)
-            finally:
-                for user in new:
-                    if self._subscribing.get((app, user)) is done:
-                        del self._subscribing[(app, user)]
+            done.set_result(None)
+            for user in new:
+                if self._subscribing.get((app, user)) is done:
+                    del self._subscribing[(app, user)]
         for wait in waits:
             try:
                 await asyncio.shield(wait)
@@ -143,6 +156,9 @@ class Hub:
             watchers.discard(session)
             if not watchers:
                 del self.index[key]
+                failed = self._subscribing.get(key)
+                if failed is not None and failed.done():
+                    del self._subscribing[key]  # the next watcher subscribes afresh
                 self._unsubscribe.add(key)
                 self._wake.set()
 
@@ -154,15 +170,26 @@ class Hub:
             keys, self._unsubscribe = self._unsubscribe, set()
             by_app: dict[str, list[str]] = {}
             for app, user in keys:
-                if (app, user) not in self.index:
-                    by_app.setdefault(app, []).append(user)
-            for app, users in by_app.items():
+                by_app.setdefault(app, []).append(user)
+            for app, candidates in by_app.items():
+                # checked right before the call: a user may be watched again by now
+                users = [u for u in candidates if (app, u) not in self.index]
+                if not users:
+                    continue
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                for user in users:
+                    self._unsubscribing[(app, user)] = done
                 try:
                     await self.broker.unsubscribe(app, users)
                 except Exception:
                     log.warning(
                         "unsubscribe of %d users failed; the broker drops them on reset", len(users)
                     )
+                finally:
+                    done.set_result(None)
+                    for user in users:
+                        if self._unsubscribing.get((app, user)) is done:
+                            del self._unsubscribing[(app, user)]
 
     # fan-out
 
@@ -176,6 +203,9 @@ class Hub:
         except msgspec.DecodeError:
             log.error("dropped a malformed published state for %s/%s", app, user)
             return
+        for seen in self._recording:
+            if v > seen.get((app, user), (-1, b""))[0]:
+                seen[(app, user)] = (v, payload)
         frame = presence_frame(payload)
         if self._batch_start is None:
             self._batch_start = time.perf_counter()
@@ -184,6 +214,14 @@ class Hub:
             if session.deliver(user, v, frame):
                 dirty.add(session)
         self.schedule_flush()
+
+    def note_read(self, app: str, states: Iterable[UserState]) -> None:
+        """States a session just read for its snapshot: a resync reading meanwhile may have
+        read older ones, and must not send those to anyone."""
+        for seen in self._recording:
+            for st in states:
+                if st.v > seen.get((app, st.user), (-1, b""))[0]:
+                    seen[(app, st.user)] = (st.v, st)
 
     def schedule_flush(self) -> None:
         """Flush dirty sessions now if the last flush was a tick ago, else on the tick."""
@@ -223,19 +261,41 @@ class Hub:
         task.add_done_callback(self._resyncs.discard)
 
     async def _resync_all(self) -> None:
+        """Read the whole index and hand every session its part as the new baseline.
+
+        The states are authoritative (after data loss they may carry a lower ``v`` than
+        what clients hold). What any session got while they were being read (a published
+        state, a snapshot read) may be newer than the read, so it replaces what was read
+        when newer; anything a session got before the read began is older or equal. A
+        resync that finishes after a later one (resets in a row) is dropped: it read older.
+        """
+        self._resyncs_started += 1
+        generation = self._resyncs_started
         by_app: dict[str, list[str]] = {}
         for app, user in list(self.index):
             by_app.setdefault(app, []).append(user)
         states: dict[Key, UserState] = {}
-        for app, users in by_app.items():
-            for chunk in _chunks(users, QUERY_CHUNK):
-                for attempt in range(10):
-                    try:
-                        for st in await self.store.get(app, chunk):
-                            states[(app, st.user)] = st
-                        break
-                    except StoreUnavailable:
-                        await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        seen: dict[Key, tuple[int, bytes | UserState]] = {}
+        self._recording.append(seen)
+        try:
+            for app, users in by_app.items():
+                for chunk in _chunks(users, QUERY_CHUNK):
+                    for attempt in range(10):
+                        try:
+                            for st in await self.store.get(app, chunk):
+                                states[(app, st.user)] = st
+                            break
+                        except StoreUnavailable:
+                            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        finally:
+            self._recording.remove(seen)
+        for key, (v, newer) in seen.items():
+            read = states.get(key)
+            if read is not None and v > read.v:
+                states[key] = newer if isinstance(newer, UserState) else state_decoder.decode(newer)
+        if generation < self._resync_applied:
+            return
+        self._resync_applied = generation
         log.info("feed restored: resyncing %d sessions", len(self.sessions))
         for session in list(self.sessions):
             if session.resync(states):

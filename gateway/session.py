@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 from gateway import tokens
 from gateway.config import AppConfig
 from gateway.errors import StoreUnavailable
-from gateway.model import UserState
+from gateway.model import UserState, state_encoder
 from gateway.protocol import (
     BadMessage,
     Error,
@@ -40,6 +40,7 @@ from gateway.protocol import (
     decode,
     encode,
     frame_payload,
+    presence_frame,
 )
 from gateway.transport import EXTENSION
 
@@ -309,22 +310,27 @@ class Session:
             return
         if self.closed:
             return
-        for state in states:
-            self._settle(state)
-        self.send(Snapshot(id=req.id, presence=states))
+        self.hub.note_read(app.id, states)
+        self.send(Snapshot(id=req.id, presence=[st for st in states if self._settle(st)]))
 
-    def _settle(self, state: UserState) -> None:
-        """Make ``state`` (read from the store) the client's baseline for its user."""
+    def _settle(self, state: UserState) -> bool:
+        """Make ``state`` (read from the store) the client's baseline for its user.
+
+        False when the client already has, or has queued, a newer state of an already
+        watched user (the read raced a publish): ``state`` must then not be sent at all.
+        """
         user = state.user
+        last = self.watching.get(user, PENDING)
         held = self.held.pop(user, None) if self.held else None
-        queued = self.pending.get(user)
-        newest = max((x for x in (held, queued) if x is not None), default=None)
-        if newest is not None and newest[0] > state.v:
-            self.pending[user] = newest
-            self.watching[user] = newest[0]
+        if last != PENDING and state.v < last:
+            return False
+        if held is not None and held[0] > state.v:  # published after the read: send it next
+            self.pending[user] = held
+            self.watching[user] = held[0]
         else:
-            self.pending.pop(user, None)
-            self.watching[user] = max(state.v, self.watching.get(user, 0))
+            self.pending.pop(user, None)  # anything queued is older: the state replaces it
+            self.watching[user] = state.v
+        return True
 
     def _unwatch(self, req: Unwatch) -> None:
         gone = [u for u in dict.fromkeys(req.users) if u in self.watching]
@@ -368,10 +374,16 @@ class Session:
         present = []
         for user, last in list(self.watching.items()):
             state = states.get((self.app.id, user))
-            if last == PENDING or state is None:
+            if state is None:
                 continue
+            if last == PENDING:  # its snapshot read may predate the reset: hold this one
+                self.deliver(user, state.v, presence_frame(state_encoder.encode(state)))
+                continue
+            # the hub's states are the newest it knows (see Hub._resync_all): the baseline,
+            # even below ``last`` when the store lost its data; what is queued is older
+            self.pending.pop(user, None)
+            self.watching[user] = state.v
             present.append(state)
-            self._settle(state)
         self.control.append(encode(Resync(presence=present)))
         return True
 

@@ -149,3 +149,111 @@ class Client:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+class Watcher:
+    """A client whose reader task keeps each watched user's latest state and checks the order.
+
+    A snapshot or resync is a user's baseline; every later ``presence`` of that user must have
+    a strictly higher ``v``, none may arrive before the user's snapshot or after the ``ok`` of
+    its unwatch. Broken rules are collected in ``violations``, never raised in the reader.
+    """
+
+    def __init__(self, client: Client, name: str = "") -> None:
+        self.client = client
+        self.name = name
+        self.view: dict[str, dict[str, Any]] = {}  # watched user -> latest state
+        self.history: dict[str, list[int]] = {}  # user -> every v received, in order
+        self.violations: list[str] = []
+        self.close_code: int | None = None
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._unwatching: dict[int, list[str]] = {}
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def login(
+        cls, base: str, app: str, secret: str, user: str = "alice", **claims: Any
+    ) -> Watcher:
+        return cls(await Client.login(base, app, secret, user, **claims), user)
+
+    async def request(self, type_: str, wait: float = 10.0, **fields: Any) -> dict[str, Any]:
+        """Send a request and return its reply (read by the reader task)."""
+        self.client.next_id += 1
+        rid = self.client.next_id
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[rid] = reply
+        if type_ == "unwatch":
+            self._unwatching[rid] = list(fields["users"])
+        try:
+            await self.client.send({"type": type_, "id": rid, **fields})
+            async with asyncio.timeout(wait):
+                return await reply
+        finally:
+            self._replies.pop(rid, None)
+
+    async def watch(self, *users: str) -> dict[str, Any]:
+        reply = await self.request("watch", users=list(users))
+        assert reply["type"] == "snapshot", reply
+        return reply
+
+    async def unwatch(self, *users: str) -> None:
+        reply = await self.request("unwatch", users=list(users))
+        assert reply["type"] == "ok", reply
+
+    def _fail(self, what: str) -> None:
+        self.violations.append(f"{self.name}: {what}")
+
+    def _baseline(self, state: dict[str, Any], kind: str) -> None:
+        user = state["user"]
+        held = self.view.get(user)
+        if held is not None and state["v"] < held["v"]:
+            self._fail(f"{kind} of {user} at v {state['v']} after v {held['v']}")
+        self.view[user] = state
+        self.history.setdefault(user, []).append(state["v"])
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "presence":
+            user = msg["user"]
+            state = {k: v for k, v in msg.items() if k != "type"}
+            held = self.view.get(user)
+            if held is None:
+                self._fail(f"presence of {user} (v {state['v']}) while not watched")
+            elif state["v"] <= held["v"]:
+                self._fail(f"presence of {user} at v {state['v']} after v {held['v']}")
+            self.view[user] = state
+            self.history.setdefault(user, []).append(state["v"])
+            return
+        if kind in ("snapshot", "resync"):
+            for state in msg["presence"]:
+                self._baseline(state, kind)
+        rid = msg.get("id")
+        if kind == "ok" and rid in self._unwatching:
+            for user in self._unwatching.pop(rid):
+                self.view.pop(user, None)
+        if kind != "resync" and isinstance(rid, int) and rid in self._replies:
+            reply = self._replies.pop(rid)
+            if not reply.done():
+                reply.set_result(msg)
+
+    async def _read(self) -> None:
+        try:
+            async for data in self.client.ws:
+                self._on_message(json.loads(data))
+        except ConnectionClosed:
+            pass
+        finally:
+            rcvd = self.client.ws.protocol.close_rcvd
+            self.close_code = rcvd.code if rcvd is not None else None
+            for reply in self._replies.values():
+                if not reply.done():
+                    reply.set_exception(ConnectionError("connection closed"))
+
+    async def closed(self) -> int | None:
+        """Wait for the connection to end; the server's close code."""
+        await asyncio.shield(self._task)
+        return self.close_code
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self._task
