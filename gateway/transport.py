@@ -60,6 +60,8 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         """Write already-framed bytes; False once the connection is closing."""
         if self.close_sent or self.disconnected or not self.handshake_complete:
             return False
+        if self.transport.is_closing():  # closed by uvicorn (shutdown, the peer's close):
+            return False  # nothing may follow the close frame
         self.transport.write(data)
         return True
 
