@@ -253,11 +253,15 @@ async def test_token_watch_policy() -> None:
         refused = await client.request("watch", users=["bob", "mallory"])
         assert refused["type"] == "error" and refused["code"] == "forbidden"
         assert refused["id"] == 1
-        # nothing of a refused request is watched: bob's change is not delivered…
+        # nothing of a refused request is watched…
+        hub = live.gw.app.state.gateway.hub
+        assert (live.app.id, "bob") not in hub.index
         await tencent(live.http, live.app.id, "bob", "Login")
-        assert await client.request("ping") == {"type": "pong", "id": 2}
         # …while watching inside the claim works and delivers
-        snapshot = await client.watch("bob", "carol")
+        await client.send({"type": "watch", "id": 2, "users": ["bob", "carol"]})
+        reply = await client.recv()  # bob's change never came before it
+        assert reply["type"] == "snapshot" and reply["id"] == 2, reply
+        snapshot = {st["user"]: st for st in reply["presence"]}
         assert snapshot["bob"]["status"] == "online" and snapshot["carol"]["v"] == 0
         await tencent(live.http, live.app.id, "carol", "Login")
         assert (await client.next_presence("carol"))["status"] == "online"
@@ -418,9 +422,11 @@ async def test_tokens_never_cross_apps(caplog: pytest.LogCaptureFixture) -> None
         assert (await tencent(http, "app-a", "bob", "Login")).status_code == 200
         watcher = await Client.login(gw.ws_url, "app-b", b.client_secret, "carol")
         try:
-            assert (await watcher.watch("bob"))["bob"]["v"] == 0
+            assert (await watcher.watch("bob", "marker"))["bob"]["v"] == 0
             assert (await tencent(http, "app-a", "bob", "Login", "Web")).status_code == 200
-            assert await watcher.request("ping") == {"type": "pong", "id": 2}
+            assert (await tencent(http, "app-b", "marker", "Login")).status_code == 200
+            message = await watcher.recv()  # A's bob changed first: it would come before
+            assert message["type"] == "presence" and message["user"] == "marker", message
             hub = gw.app.state.gateway.hub
             assert ("app-b", "bob") in hub.index and ("app-a", "bob") not in hub.index
         finally:
