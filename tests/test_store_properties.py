@@ -1,7 +1,9 @@
 """Properties of the merge, checked on real stores: order, duplication and replay don't matter.
 
 Times are drawn from a few milliseconds (or seconds) around a fixed ``now`` so ties between
-online and offline, and between devices, are common. Each example uses a fresh app id.
+online and offline, and between devices, are common; some histories are long runs of one
+device (repeated onlines, offlines landing between them late). Records are compared whole:
+status, the latest offline and the online times after it. Each example uses a fresh app id.
 """
 
 from __future__ import annotations
@@ -44,11 +46,25 @@ def events(
     )
 
 
-HISTORIES = st.lists(events(st.integers(NOW - 4, NOW + 4)), min_size=1, max_size=16)
+# Streaks: one device, mostly onlines (OpenIM's re-sends, Tencent's Login with no Disconnect)
+# with offlines among them, so offlines often arrive after later onlines.
+STREAKS = st.lists(
+    st.builds(
+        PresenceEvent,
+        user=st.just("ann"),
+        device=st.just("d1"),
+        platform=st.sampled_from(["ios", "web"]),
+        online=st.sampled_from([True, True, False]),
+        time=st.integers(NOW - 8, NOW + 8),
+    ),
+    min_size=2,
+    max_size=16,
+)
+HISTORIES = st.lists(events(st.integers(NOW - 4, NOW + 4)), min_size=1, max_size=16) | STREAKS
 
 
 def final_records(history: Sequence[PresenceEvent]) -> dict[str, dict[str, DeviceRecord]]:
-    """The records the pure model gives: the LWW winner of every device of every user."""
+    """The records the pure model gives (untrimmed): every device's events merged."""
     out: dict[str, dict[str, DeviceRecord]] = {}
     for ev in history:
         records = out.setdefault(ev.user, {})
@@ -140,6 +156,50 @@ async def test_replayed_old_online_never_resurrects(
     assert (result.applied, result.published) == (0, [])
     for user, records in before.items():
         assert await store.records(replayer.app, user) == records
+
+
+SHORT = PresenceSettings(max_event_age_s=3)
+
+
+@pytest.fixture
+async def short_window(backend: Backend) -> PresenceStore:
+    """A store on the parametrized backend that accepts events up to 3 s from its clock."""
+    return await backend.store(SHORT)
+
+
+@EXAMPLES
+@given(data=st.data())
+async def test_trimmed_records_keep_the_full_since(
+    short_window: PresenceStore, data: st.DataObject
+) -> None:
+    """With the clock moving on and every event fresh, trimming never changes what shows."""
+    replayer = Replayer(short_window)
+    step = st.sampled_from([0, 1, 999, 1500, 3000])
+    templates = st.lists(events(st.integers(-3000, 1000), 2, 2), min_size=1, max_size=3)
+    plan = data.draw(
+        st.lists(st.tuples(step, templates, st.lists(st.integers(0, 99))), max_size=12)
+    )
+    history: list[PresenceEvent] = []
+    now = NOW
+    for advance, template, replays in plan:
+        now += advance
+        batch = [msgspec.structs.replace(ev, time=now + ev.time) for ev in template]
+        # Re-sends of earlier events that are still inside the window.
+        batch += [history[i % len(history)] for i in replays if history]
+        batch = [ev for ev in batch if abs(ev.time - now) <= 3000]
+        history += batch
+        await replayer.apply(batch, now)
+    for user, full in final_records(history).items():
+        [state] = await short_window.get(replayer.app, [user])
+        assert state.visible() == aggregate(user, full.values()).visible()
+        records = await short_window.records(replayer.app, user)
+        assert set(records) == set(full)
+        for device, record in records.items():
+            assert msgspec.structs.replace(record, ons=()) == msgspec.structs.replace(
+                full[device], ons=()
+            )
+            assert record.ons[:1] == full[device].ons[:1]
+            assert set(record.ons) <= set(full[device].ons)
 
 
 # Event times seconds apart, a 3 s event window and a 2 s retention: staleness and tombstone
