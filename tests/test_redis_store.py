@@ -124,6 +124,20 @@ async def test_record_layout(store: RedisStore, raw: Redis) -> None:
     assert result.published[0].v == NOW
 
 
+async def test_platform_with_separators_survives_the_script(store: RedisStore) -> None:
+    """The platform is the record's last field: commas and semicolons in it parse back."""
+    odd = "we,ird;pl,at"
+    batch = [on("bob", "d1", NOW - 2, odd), on("bob", "d1", NOW, odd), off("bob", "d2", NOW, odd)]
+    await store.apply("app", batch, NOW)
+    again = await store.apply("app", [on("bob", "d1", NOW + 1, odd)], NOW + 1)
+    assert (again.applied, again.published) == (1, [])
+    assert await store.records("app", "bob") == {
+        "d1": DeviceRecord(NOW + 1, True, odd, None, (NOW - 2, NOW, NOW + 1)),
+        "d2": DeviceRecord(NOW, False, odd, NOW, ()),
+    }
+    assert (await store.get("app", ["bob"]))[0].devices == [DeviceView(odd, NOW - 2)]
+
+
 async def test_reads_records_of_the_older_form(store: RedisStore, raw: Redis) -> None:
     """Records written as "time,online,platform" (before off/ons) are read and merged."""
     key = store.key("app", "bob")
