@@ -110,7 +110,10 @@ class Client:
         return message
 
     async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
-        """Send a request with a fresh id and return the reply carrying that id."""
+        """Send a request with a fresh id and return the reply carrying that id.
+
+        Messages before the reply are skipped: this cannot show that nothing else came.
+        """
         self.next_id += 1
         await self.send({"type": type_, "id": self.next_id, **fields})
         while True:
@@ -156,7 +159,9 @@ class Watcher:
 
     A snapshot or resync is a user's baseline; every later ``presence`` of that user must have
     a strictly higher ``v``, none may arrive before the user's snapshot or after the ``ok`` of
-    its unwatch. Broken rules are collected in ``violations``, never raised in the reader.
+    its unwatch. A snapshot or resync below a ``v`` already held is flagged too (a resync
+    may legitimately do that only after the store lost its data). Broken rules are
+    collected in ``violations``, never raised in the reader.
     """
 
     def __init__(self, client: Client, name: str = "") -> None:
