@@ -114,9 +114,13 @@ def parse(text: str, source: str, env: Mapping[str, str] | None = None) -> Setti
         reason = message[: match.start()] if match else message
         raise ConfigError(key, reason, source) from None
     apps: dict[str, AppConfig] = {}
+    secrets: set[str] = set()
     for i, app in enumerate(data.apps):
         if app.id in apps:
             raise ConfigError(f"apps[{i}].id", f"duplicate app id {app.id!r}", source)
+        if app.client_secret in secrets:  # a token of one app must be worthless in another
+            raise ConfigError(f"apps[{i}].client_secret", "shared with another app", source)
+        secrets.add(app.client_secret)
         for name, table in app.providers().items():
             try:
                 table.validate()

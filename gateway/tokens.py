@@ -28,14 +28,18 @@ class Claims(msgspec.Struct, frozen=True):
 def verify(token: str, secret: str, app_id: str) -> Claims:
     """Verify ``token`` for ``app_id``; raise TokenError with a short reason otherwise.
 
-    A token carrying an ``app`` claim for another app is refused, and since each app has its
-    own secret a token of one app never verifies in another.
+    A token carrying an ``app`` claim, or an ``aud`` claim, that does not name this app is
+    refused; and since no two apps may share a secret (config), a token of one app never
+    verifies in another.
     """
     if not isinstance(token, str) or not token or len(token) > 8192:
         raise TokenError("missing or oversized token")
     try:
         claims = jwt.decode(
-            token, secret, algorithms=ALGORITHMS, options={"require": ["sub", "exp"]}
+            token,
+            secret,
+            algorithms=ALGORITHMS,
+            options={"require": ["sub", "exp"], "verify_aud": False},  # checked below
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("token expired") from None
@@ -47,6 +51,9 @@ def verify(token: str, secret: str, app_id: str) -> Claims:
     app = claims.get("app")
     if app is not None and app != app_id:
         raise TokenError("token is for another app")
+    aud = claims.get("aud")
+    if aud is not None and app_id not in (aud if isinstance(aud, list) else [aud]):
+        raise TokenError("token is for another audience")
     watch = claims.get("watch")
     if watch is not None and (
         not isinstance(watch, list)

@@ -15,6 +15,8 @@ sends: same behaviour, more overhead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any
 
 from uvicorn.config import Config
@@ -26,6 +28,7 @@ from websockets.server import ServerProtocol
 from gateway.protocol import MAX_MESSAGE
 
 EXTENSION = "presence.raw"
+SEND_BUFFER = 128 * 1024  # the kernel doubles it
 
 
 class _Connection(ServerProtocol):
@@ -49,6 +52,15 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.conn = _Connection(extensions=[], max_size=MAX_MESSAGE, logger=self.conn.logger)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Linux lets a loopback send buffer grow to MiBs: a stalled reader would hide
+            # that much before the session saw it fall behind (and pin kernel memory)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

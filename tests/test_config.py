@@ -76,6 +76,10 @@ def test_no_redis_table_means_memory() -> None:
         (GOOD.replace("offline_grace_ms = 1500", "offline_grace_ms = -1"), "offline_grace_ms"),
         (GOOD.replace("offline_grace_ms = 1500", "session_retention_s = 10"), "retention"),
         (GOOD + GOOD.split("[presence]\noffline_grace_ms = 1500")[1], "apps[1].id"),
+        (
+            GOOD + GOOD.split("[presence]\noffline_grace_ms = 1500")[1].replace("acme", "beta"),
+            "apps[1].client_secret",
+        ),
         ("[[apps]\n", "<syntax>"),
         ("", "apps"),
     ],

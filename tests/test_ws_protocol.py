@@ -596,3 +596,23 @@ async def test_metrics_count_connections_watched_users_and_messages(live: Live) 
         assert time.monotonic() < deadline, "the closed connection is still counted"
         await asyncio.sleep(0.02)
     assert metric(text, "presence_watched_users") == 2
+
+
+async def test_audience_must_name_the_app() -> None:
+    """A token whose aud names this app is accepted; one naming another audience gets 4001."""
+    settings = make_settings()
+    app = next(iter(settings.apps.values()))
+    async with serve(settings) as gw:
+        good = await Client.open(gw.ws_url, app.id)
+        await good.send({"type": "hello", "token": _with_aud(app.client_secret, app.id, [app.id])})
+        assert (await good.recv())["type"] == "welcome"
+        await good.close()
+        bad = await Client.open(gw.ws_url, app.id)
+        await bad.send({"type": "hello", "token": _with_aud(app.client_secret, app.id, "other")})
+        assert (await bad.closed_with())[0] == 4001
+
+
+def _with_aud(secret: str, app: str, aud: str | list[str]) -> str:
+    return jwt.encode(
+        {"sub": "al", "app": app, "aud": aud, "exp": int(time.time()) + 60}, secret, "HS256"
+    )
