@@ -386,6 +386,9 @@ class _NodeFeed:
         self.name = name
         self.conn = conn
         self.confirm: dict[bytes, list[asyncio.Future[None]]] = {}
+        # SUNSUBSCRIBE replies still due per channel: a reply we asked for is not a drop,
+        # even when the channel is wanted again by the time it arrives (unwatch, re-watch)
+        self.unsubscribing: dict[bytes, int] = {}
 
     async def send(self, command: str, channels: Sequence[bytes], slot_of: SlotOf) -> None:
         """Send ``command`` for ``channels``: one command per hash slot, in one write.
@@ -520,6 +523,8 @@ class RedisBroker:
             for name, group in by_feed.items():
                 feed = self._feeds.get(name)
                 if feed is not None:
+                    for channel in group:
+                        feed.unsubscribing[channel] = feed.unsubscribing.get(channel, 0) + 1
                     await feed.send("SUNSUBSCRIBE", group, self._slot_of)
 
     # the listener
@@ -640,9 +645,15 @@ class RedisBroker:
             for fut in feed.confirm.pop(channel, []):
                 if not fut.done():
                     fut.set_result(None)
-        elif kind == b"sunsubscribe" and channel in self._wanted:
-            # Not asked for: the slot moved to another node (resharding, failover).
-            raise FeedLost(f"redis dropped channel {channel!r}")
+        elif kind == b"sunsubscribe":
+            due = feed.unsubscribing.get(channel, 0)
+            if due > 1:
+                feed.unsubscribing[channel] = due - 1
+            elif due == 1:
+                del feed.unsubscribing[channel]
+            elif channel in self._wanted:
+                # Not asked for: the slot moved to another node (resharding, failover).
+                raise FeedLost(f"redis dropped channel {channel!r}")
 
     async def _call(self, handler: Callable[..., Any] | None, *args: Any) -> None:
         """Run a handler; its errors are logged, never allowed to stop the listener."""
