@@ -13,10 +13,9 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
 
 from gateway import api, webhooks
 from gateway.backends import open_backend
@@ -120,7 +119,7 @@ class AccessLog:
             )
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> WebSocketFront:
     """Build the gateway for ``settings``; nothing connects until the lifespan starts."""
     gw = Gateway(settings)
 
@@ -138,13 +137,6 @@ def create_app(settings: Settings) -> Starlette:
         if provider is None:
             return JSONResponse({"error": "unknown app or provider"}, status_code=404)
         return await webhooks.handle(request, app_id, provider, gw.store, gw.metrics)
-
-    async def websocket(ws: WebSocket) -> None:
-        app_cfg = settings.apps.get(ws.path_params["app"])
-        if app_cfg is None:
-            await ws.close(1008, "unknown app")  # before accept: the handshake gets 403
-            return
-        await Session(ws, app_cfg, gw.hub).run()
 
     async def index(request: Request) -> Response:
         if not settings.dev_mode:
@@ -168,7 +160,6 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         Route(hook, webhook, methods=["POST"]),
         Route(hook + "/{rest:path}", webhook, methods=["POST"]),
-        WebSocketRoute("/v1/apps/{app}/ws", websocket),
         Route("/v1/apps/{app}/presence", bind(api.presence), methods=["GET"]),
         Route("/v1/apps/{app}/dev-token", bind(api.dev_token), methods=["GET"]),
         Route("/healthz", bind(api.healthz), methods=["GET"]),
@@ -181,4 +172,32 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gw
     app.add_middleware(AccessLog)
-    return app
+    return WebSocketFront(app, gw)
+
+
+_WS_PATH = re.compile(r"^/v1/apps/([A-Za-z0-9_-]{1,64})/ws$")
+
+
+class WebSocketFront:
+    """Hands ``/v1/apps/{app}/ws`` straight to a ``Session``, everything else to Starlette.
+
+    Every open connection keeps its ASGI call's coroutine frames for its lifetime; skipping
+    Starlette's middleware and router for the one WebSocket route keeps that stack short.
+    """
+
+    def __init__(self, app: Starlette, gw: Gateway) -> None:
+        self.app = app
+        self.gw = gw
+        self.state = app.state  # tests and operators reach the gateway as app.state.gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        match = _WS_PATH.match(scope["path"])
+        app_cfg = self.gw.settings.apps.get(match.group(1)) if match else None
+        if app_cfg is None:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})  # the handshake gets 403
+            return
+        await Session(receive, app_cfg, self.gw.hub).run(scope, send)

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from starlette.websockets import WebSocket
+from starlette.types import Receive, Scope, Send
 
 from gateway import tokens
 from gateway.config import AppConfig
@@ -90,8 +90,8 @@ class RawSink:
 class AsgiSink:
     """Fallback for ASGI servers without the raw extension: a writer task per connection."""
 
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
+    def __init__(self, send: Send) -> None:
+        self.asgi_send = send
         self.queue: deque[bytes] = deque()
         self.size = 0
         self.wake = asyncio.Event()
@@ -120,10 +120,13 @@ class AsgiSink:
                 self.wake.clear()
                 while self.queue and self.closing is None:
                     payload = self.queue.popleft()
-                    await self.ws.send_text(payload.decode())
+                    await self.asgi_send({"type": "websocket.send", "text": payload.decode()})
                     self.size -= len(payload)
                 if self.closing is not None:
-                    await self.ws.close(*self.closing)
+                    code, reason = self.closing
+                    await self.asgi_send(
+                        {"type": "websocket.close", "code": code, "reason": reason}
+                    )
                     return
 
     async def stop(self) -> None:
@@ -147,13 +150,13 @@ class Session:
         "held",
         "hub",
         "pending",
+        "receive",
         "sink",
         "watching",
-        "ws",
     )
 
-    def __init__(self, ws: WebSocket, app: AppConfig, hub: Hub) -> None:
-        self.ws = ws
+    def __init__(self, receive: Receive, app: AppConfig, hub: Hub) -> None:
+        self.receive = receive
         self.app = app
         self.hub = hub
         self.sink: Sink | None = None
@@ -170,13 +173,18 @@ class Session:
 
     # connection lifecycle
 
-    async def run(self) -> None:
-        """Serve the connection until it closes."""
-        ws = self.ws
-        origin = ws.headers.get("origin")
-        await ws.accept()
-        raw = ws.scope.get("extensions", {}).get(EXTENSION)
-        self.sink = sink = RawSink(raw) if raw is not None else AsgiSink(ws)
+    async def run(self, scope: Scope, send: Send) -> None:
+        """Serve the connection (plain ASGI ``websocket`` scope) until it closes."""
+        origin = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value.decode("latin-1")
+        scope["headers"] = []  # an idle connection need not keep its handshake
+        if (await self.receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        raw = scope.get("extensions", {}).get(EXTENSION)
+        self.sink = sink = RawSink(raw) if raw is not None else AsgiSink(send)
         try:
             if origin is not None and not self._origin_allowed(origin):
                 self.close(4003, "origin not allowed")
@@ -229,7 +237,7 @@ class Session:
         """The next message (bytes for a binary one); None once the connection is gone."""
         if self.closed:
             return None
-        message = await self.ws.receive()
+        message = await self.receive()
         if message["type"] == "websocket.disconnect":
             self.closed = True
             return None
@@ -237,26 +245,34 @@ class Session:
         return str(text) if text is not None else bytes(message.get("bytes") or b"")
 
     async def _serve(self) -> None:
-        while (text := await self._receive()) is not None:
-            if not self._take_token():  # every frame counts, binary ones included
-                self.close(4009, "too many messages")
-                return
-            if isinstance(text, bytes):
-                self.send(Error(id=None, code="bad_request", message="text frames only"))
-                continue
-            try:
-                message = decode(text)
-            except BadMessage as exc:
-                self.send(Error(id=exc.request_id, code=exc.code, message=exc.message))
-                continue
-            if isinstance(message, Watch):
-                await self._watch(message)
-            elif isinstance(message, Unwatch):
-                self._unwatch(message)
-            elif isinstance(message, Ping):
-                self.send(Pong(id=message.id))
-            else:
-                self.send(Error(id=None, code="bad_request", message="already authenticated"))
+        # each frame is handled in its own call, so an idle connection keeps no old request
+        while await self._handle(await self._receive()):
+            pass
+
+    async def _handle(self, text: str | bytes | None) -> bool:
+        """Handle one client frame; False when the connection is done."""
+        if text is None:
+            return False
+        if not self._take_token():  # every frame counts, binary ones included
+            self.close(4009, "too many messages")
+            return False
+        if isinstance(text, bytes):
+            self.send(Error(id=None, code="bad_request", message="text frames only"))
+            return True
+        try:
+            message = decode(text)
+        except BadMessage as exc:
+            self.send(Error(id=exc.request_id, code=exc.code, message=exc.message))
+            return True
+        if isinstance(message, Watch):
+            await self._watch(message)
+        elif isinstance(message, Unwatch):
+            self._unwatch(message)
+        elif isinstance(message, Ping):
+            self.send(Pong(id=message.id))
+        else:
+            self.send(Error(id=None, code="bad_request", message="already authenticated"))
+        return True
 
     def _take_token(self) -> bool:
         now = time.monotonic()

@@ -23,12 +23,72 @@ from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.http11 import Request
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gateway.protocol import MAX_MESSAGE
 
 EXTENSION = "presence.raw"
 SEND_BUFFER = 128 * 1024  # the kernel doubles it
+
+
+class Inbox:
+    """What uvicorn needs of its per-connection ``asyncio.Queue``, in a fraction of the memory.
+
+    One consumer (the ASGI app's ``receive``), a handful of items at most.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class Flag:
+    """What uvicorn needs of its per-connection ``asyncio.Event`` (writable), slimmer."""
+
+    __slots__ = ("_on", "_waiter")
+
+    def __init__(self) -> None:
+        self._on = True
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._on
+
+    def set(self) -> None:
+        self._on = True
+        if self._waiter is not None:
+            if not self._waiter.done():
+                self._waiter.set_result(None)
+            self._waiter = None
+
+    def clear(self) -> None:
+        self._on = False
+
+    async def wait(self) -> None:
+        while not self._on:
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
 
 
 class _Connection(ServerProtocol):
@@ -52,6 +112,8 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.conn = _Connection(extensions=[], max_size=MAX_MESSAGE, logger=self.conn.logger)
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -67,6 +129,19 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][EXTENSION] = self
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if self.handshake_complete and getattr(self, "response", None) is not None:
+            # The HTTP upgrade request and response are not needed once the socket is open;
+            # websockets' parser generator keeps the request as a local, so start a fresh
+            # one (it parses frames only, now the state is OPEN). The client waits for our
+            # 101 before sending frames, so nothing is half-parsed; check it anyway.
+            self.request = self.response = None  # type: ignore[assignment]
+            conn = self.conn
+            if conn.state is State.OPEN and not conn.reader.buffer:
+                conn.parser = conn.parse()
+                next(conn.parser)
 
     def write(self, data: bytes) -> bool:
         """Write already-framed bytes; False once the connection is closing."""

@@ -8,17 +8,16 @@ import socket
 from collections.abc import AsyncIterator
 
 import uvicorn
-from starlette.applications import Starlette
 
 from gateway import cli
-from gateway.app import create_app
+from gateway.app import WebSocketFront, create_app
 from gateway.config import Settings
 
 
 class LiveGateway:
-    """A running gateway: its base URLs and the Starlette app (for its parts)."""
+    """A running gateway: its base URLs and the app (for its parts)."""
 
-    def __init__(self, app: Starlette, port: int) -> None:
+    def __init__(self, app: WebSocketFront, port: int) -> None:
         self.app = app
         self.port = port
         self.url = f"http://127.0.0.1:{port}"

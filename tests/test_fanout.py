@@ -28,8 +28,7 @@ from gateway.backends.memory import MemoryBroker
 from gateway.config import AppConfig, Settings
 from gateway.hub import Hub
 from gateway.model import UserState
-from gateway.session import Session
-from gateway.transport import EXTENSION
+from gateway.session import RawSink, Session
 from tests.live import LiveGateway, serve
 from tests.test_e2e_webhooks import app_of, make_settings, now_ms, query, rongcloud
 from tests.wsclient import Client, Watcher
@@ -152,8 +151,8 @@ def squeeze_send_buffer(session: Session) -> None:
     thousands of batches to fill; over a real network the bandwidth-delay product bounds it.
     The gateway's own buffering (what this test is about) starts where the kernel's ends.
     """
-    raw = session.ws.scope["extensions"][EXTENSION]
-    sock = raw.transport.get_extra_info("socket")
+    assert isinstance(session.sink, RawSink)
+    sock = session.sink.raw.transport.get_extra_info("socket")  # type: ignore[attr-defined]
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
 
