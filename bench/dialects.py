@@ -1,8 +1,13 @@
 """Client dialects: how a watcher talks to a server under test, one session per connection.
 
-``gateway`` is SPEC section 5: ``hello`` with a JWT -> ``welcome`` -> ``watch`` -> ``snapshot``,
-then ``presence`` frames. A peer's dialect (socket.io rooms, a bare pub/sub ceiling) is another
-class with the same four methods, registered in ``DIALECTS``.
+- ``gateway``: SPEC section 5: ``hello`` with a JWT -> ``welcome`` -> ``watch`` ->
+  ``snapshot``, then ``presence`` frames; an application ping per ``heartbeat_ms``.
+- ``ceiling``: ``{"watch": [...]}`` -> ``{"ok": n}``, then one bare state per frame.
+- ``socketio``: Engine.IO v4 over WebSocket: the server's open packet ``0{...}`` -> ``40``
+  (connect) -> ``40{...}`` -> ``420["watch",[...]]`` (with ack id 0) -> ``430[n]``; then
+  ``42["presence",{...}]`` events; the server pings (``2``), the client answers ``3``.
+
+A session is ready (counted in the setup rate) when the server confirmed the watch set.
 """
 
 from __future__ import annotations
@@ -162,8 +167,121 @@ class GatewaySession:
             self.ws.send_text(_encode(msg))
 
 
+class _Bare(msgspec.Struct):
+    user: str
+    since: int | None = None
+    v: int = 0
+
+
+_decode_bare = msgspec.json.Decoder(_Bare).decode
+
+
+class _BaseSession:
+    """What the peers' sessions share: a watch set, the recorder, the connection."""
+
+    __slots__ = (
+        "closed_code",
+        "lastv",
+        "maxk",
+        "ready_ns",
+        "rec",
+        "stage",
+        "users",
+        "waiter",
+        "ws",
+    )
+
+    def __init__(self, conn_no: int, users: list[int], rec: Recorder) -> None:
+        self.users = users
+        self.rec = rec
+        self.maxk: dict[int, int] = {}
+        self.lastv: dict[int, int] = {}
+        self.ready_ns = 0
+        self.closed_code = 0
+        self.stage = "tcp"
+        self.ws: WsConn | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def on_open(self, ws: WsConn) -> None:
+        raise NotImplementedError
+
+    def on_text(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def on_close(self, code: int) -> None:
+        self.closed_code = code
+        self.ws = None
+        self.rec.closed(self, code)
+
+    def ping(self) -> None:
+        """No application ping: these servers ping at the protocol level."""
+
+
+class CeilingSession(_BaseSession):
+    """The ceiling's protocol: ``{"watch": [...]}`` -> ``{"ok": n}``, then bare states."""
+
+    __slots__ = ()
+
+    def on_open(self, ws: WsConn) -> None:
+        self.ws = ws
+        self.stage = "ok"
+        ws.send_text(_encode({"watch": [f"u{u}" for u in self.users]}))
+
+    def on_text(self, payload: bytes) -> None:
+        if payload[:5] == b'{"ok"':
+            self.stage = "ready"
+            self.rec.ready(self)
+            return
+        st = _decode_bare(payload)
+        self.rec.state(self, int(st.user[1:]), st.since, st.v)
+
+
+_EVENT = b'42["presence",'
+
+
+class SocketIoSession(_BaseSession):
+    """Engine.IO v4 / Socket.IO v5 over a WebSocket (no polling, no binary, namespace /)."""
+
+    __slots__ = ()
+
+    def on_open(self, ws: WsConn) -> None:
+        self.ws = ws
+        self.stage = "engine.io open"
+
+    def on_text(self, payload: bytes) -> None:
+        if payload[:14] == _EVENT:
+            st = _decode_bare(payload[14:-1])
+            self.rec.state(self, int(st.user[1:]), st.since, st.v)
+            return
+        ws = self.ws
+        head = payload[:2]
+        if payload == b"2":
+            if ws is not None:
+                ws.send_text(b"3")
+        elif payload[:1] == b"0":
+            self.stage = "socket.io connect"
+            if ws is not None:
+                ws.send_text(b"40")
+        elif head == b"40":
+            self.stage = "watch ack"
+            if ws is not None:
+                users = [f"u{u}" for u in self.users]
+                ws.send_text(b"420" + _encode(["watch", users]))
+        elif head == b"43":
+            self.stage = "ready"
+            self.rec.ready(self)
+        elif head == b"44" or head == b"41":
+            self.rec.error(self, f"socket.io {payload[:80]!r}")
+        else:
+            self.rec.error(self, f"unexpected {payload[:40]!r}")
+
+
 class SessionFactory(Protocol):
     def __call__(self, conn_no: int, users: list[int], rec: Recorder) -> WatcherSession: ...
 
 
-DIALECTS: dict[str, SessionFactory] = {"gateway": GatewaySession}
+DIALECTS: dict[str, SessionFactory] = {
+    "gateway": GatewaySession,
+    "ceiling": CeilingSession,
+    "socketio": SocketIoSession,
+}

@@ -1,19 +1,33 @@
 """Servers under test. A target is "a server command + a client dialect".
 
-Today there is one, the gateway. A peer (``--vs``: python-socketio, Node socket.io, a bare
-``websockets`` ceiling) is another ``Target`` subclass: it starts its own processes on the
-same Redis, accepts the same signed webhooks on ``webhook_path`` and names the client dialect
-(``bench.dialects``) the watchers speak to it.
+The gateway, and the peers of ``--vs`` (``bench/peers/``): a bare ``websockets`` ceiling,
+python-socketio and Node's socket.io. Each is a ``Target`` subclass: it starts its process on
+the run's Redis, accepts the same webhooks on ``webhook_path`` (``Server.webhook_port``) and
+names the client dialect (``bench.dialects``) the watchers speak to it. ``prepare()`` installs
+what a peer needs (pip into this interpreter's environment, ``npm ci``) before the run.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import LOOPBACK, Child, Cores, Redis, free_port, http_get, spawn, wait_until
+from bench.procs import (
+    LOOPBACK,
+    BenchError,
+    Child,
+    Cores,
+    Redis,
+    free_port,
+    http_get,
+    spawn,
+    wait_until,
+)
 
 APP_ID = "bench"
 CLIENT_SECRET = "bench-client-secret-0123456789abcdef"
@@ -33,10 +47,15 @@ class Server:
     name: str
     port: int
     child: Child
+    http_port: int = 0  # where webhooks, /readyz and /metrics are, when not on ``port``
 
     @property
     def pid(self) -> int:
         return self.child.pid
+
+    @property
+    def webhook_port(self) -> int:
+        return self.http_port or self.port
 
 
 class Target:
@@ -46,6 +65,9 @@ class Target:
     dialect = "gateway"
     webhook_path = f"/v1/apps/{APP_ID}/webhooks"
     ws_path = f"/v1/apps/{APP_ID}/ws"
+    python = True  # py-spy can profile it
+    needs_redis = False
+    separate_http = False  # webhooks on a second port of the same process
 
     def __init__(self, log_level: str = "warning", max_watch: int = 1000) -> None:
         self.log_level = log_level
@@ -86,37 +108,49 @@ class Target:
         ]
         return "\n".join(lines)
 
+    def prepare(self) -> None:
+        """Install what this target needs (nothing for the gateway: it is the project)."""
+
+    def argv(self, workdir: Path, redis: Redis | None, port: int, http_port: int) -> list[str]:
+        path = workdir / "gateway.toml"
+        if not path.exists():
+            path.write_text(self.config(redis))
+        return [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(path),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--log-level",
+            self.log_level,
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PRESENCE_CONFIG")}
+
     def start(
         self, workdir: Path, redis: Redis | None, cores: Cores, count: int = 1
     ) -> list[Server]:
         """Start ``count`` server processes (sharing ``redis``) and wait until each is ready."""
-        path = workdir / "gateway.toml"
-        path.write_text(self.config(redis))
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PRESENCE_CONFIG")}
+        if self.needs_redis and redis is None:
+            raise BenchError(f"{self.name} needs Redis (not --backend memory)")
         servers: list[Server] = []
         try:
             for i in range(count):
                 port = free_port()
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "gateway",
-                    "serve",
-                    "--config",
-                    str(path),
-                    "--host",
-                    LOOPBACK,
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    self.log_level,
-                ]
-                name = f"gateway-{'ABCDEFGH'[i]}"
-                child = spawn(name, argv, workdir, cores.server, env)
-                servers.append(Server(name, port, child))
+                http_port = free_port() if self.separate_http else 0
+                name = f"{self.name}-{'ABCDEFGH'[i]}"
+                argv = self.argv(workdir, redis, port, http_port)
+                child = spawn(name, argv, workdir, cores.server, self.env())
+                servers.append(Server(name, port, child, http_port))
             for server in servers:
                 wait_until(
-                    lambda s=server: http_get(s.port, "/readyz")[0] == 200,
+                    lambda s=server: http_get(s.webhook_port, "/readyz")[0] == 200,
                     30,
                     f"{server.name} /readyz",
                     server.child,
@@ -126,6 +160,110 @@ class Target:
                 server.child.stop()
             raise
         return servers
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "bench" / "peers"
+# What the Python peers need beyond the project's own dependencies (pinned: the README's
+# figures come from these versions).
+PEER_PIP = {"socketio": "python-socketio==5.18.1"}
+
+
+def _pip_install(module: str) -> None:
+    if importlib.util.find_spec(module) is not None:
+        return
+    spec = PEER_PIP[module]
+    print(f"bench: installing {spec} into {sys.prefix}", file=sys.stderr)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=False)
+    if done.returncode != 0:
+        raise BenchError(f"pip install {spec} failed")
+    importlib.invalidate_caches()
+
+
+class PeerTarget(Target):
+    """A peer: its own server command on the run's Redis; the same webhooks and scenarios."""
+
+    needs_redis = True
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        return env
+
+
+class CeilingTarget(PeerTarget):
+    """A bare ``websockets`` server forwarding Redis pub/sub: ``bench/peers/ceiling.py``."""
+
+    name = "ceiling"
+    dialect = "ceiling"
+    ws_path = "/"
+    separate_http = True
+
+    def argv(self, workdir: Path, redis: Redis | None, port: int, http_port: int) -> list[str]:
+        assert redis is not None
+        return [
+            sys.executable,
+            "-m",
+            "bench.peers.ceiling",
+            "--port",
+            str(port),
+            "--http-port",
+            str(http_port),
+            "--redis",
+            redis.url,
+        ]
+
+
+class PySioTarget(PeerTarget):
+    """python-socketio + AsyncRedisManager under uvicorn: ``bench/peers/pysio.py``."""
+
+    name = "python-socketio"
+    dialect = "socketio"
+    ws_path = "/socket.io/?EIO=4&transport=websocket"
+
+    def prepare(self) -> None:
+        _pip_install("socketio")
+
+    def argv(self, workdir: Path, redis: Redis | None, port: int, http_port: int) -> list[str]:
+        assert redis is not None
+        return [
+            sys.executable,
+            "-m",
+            "bench.peers.pysio",
+            "--port",
+            str(port),
+            "--redis",
+            redis.url,
+        ]
+
+
+class NodeSioTarget(PeerTarget):
+    """Node socket.io + @socket.io/redis-adapter: ``bench/peers/node/server.js``."""
+
+    name = "socketio-node"
+    dialect = "socketio"
+    ws_path = "/socket.io/?EIO=4&transport=websocket"
+    python = False
+
+    def prepare(self) -> None:
+        node_dir = PEERS / "node"
+        if shutil.which("node") is None or shutil.which("npm") is None:
+            raise BenchError("socketio-node needs node (>= 18) and npm on PATH")
+        lock = node_dir / "package-lock.json"
+        installed = node_dir / "node_modules" / ".package-lock.json"
+        if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
+            return
+        print(f"bench: npm ci in {node_dir}", file=sys.stderr)
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=node_dir, check=False
+        )
+        if done.returncode != 0:
+            raise BenchError(f"npm ci in {node_dir} failed")
+
+    def argv(self, workdir: Path, redis: Redis | None, port: int, http_port: int) -> list[str]:
+        assert redis is not None
+        node = shutil.which("node") or "node"
+        return [node, str(PEERS / "node" / "server.js"), "--port", str(port), "--redis", redis.url]
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -149,4 +287,7 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
-TARGETS: dict[str, type[Target]] = {"gateway": Target}
+TARGETS: dict[str, type[Target]] = {
+    t.name: t for t in (Target, CeilingTarget, PySioTarget, NodeSioTarget)
+}
+PEER_NAMES = ["ceiling", "python-socketio", "socketio-node"]
