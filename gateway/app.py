@@ -22,6 +22,7 @@ from gateway.backends import open_backend
 from gateway.backends.base import Broker, PresenceStore
 from gateway.config import Settings
 from gateway.errors import StoreUnavailable
+from gateway.heap import HeapKeeper
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.providers import PROVIDERS
@@ -44,6 +45,7 @@ class Gateway:
         self.broker: Broker
         self.store, self.broker = open_backend(settings)
         self.hub = Hub(self.store, self.broker, self.metrics)
+        self.heap = HeapKeeper()
         self._sweeper: asyncio.Task[None] | None = None
         self.providers: dict[tuple[str, str], Provider] = {
             (app.id, name): PROVIDERS[name](table, settings.presence)
@@ -52,6 +54,8 @@ class Gateway:
         }
 
     async def start(self) -> None:
+        self.metrics.watch_gc()
+        await self.heap.start()
         await self.hub.start()
         await self.broker.start()
         grace = self.settings.presence.offline_grace_ms
@@ -66,6 +70,8 @@ class Gateway:
         await self.broker.close()
         await self.hub.stop()
         await self.store.close()
+        await self.heap.stop()
+        self.metrics.unwatch_gc()
 
     async def _sweep(self, grace_ms: int) -> None:
         """Publish offlines whose grace ran out; every node sweeps, the store dedupes."""

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import gc
+import logging
+import time
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
 
 _FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -47,6 +61,52 @@ class Metrics:
             buckets=_FAST,
             registry=r,
         )
+
+        self.gc_pause_seconds = Histogram(
+            "presence_gc_pause_seconds",
+            "Cyclic garbage collector pauses",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.gc_pause_max = Gauge(
+            "presence_gc_pause_max_seconds", "Longest collector pause since start", registry=r
+        )
+        frozen = Gauge(
+            "presence_gc_frozen_objects", "Objects frozen out of the collector", registry=r
+        )
+        frozen.set_function(gc.get_freeze_count)
+        ProcessCollector(registry=r)  # RSS, CPU seconds, open fds
+        self._gc_started = 0.0
+        self._gc_max = 0.0
+
+    def watch_gc(self) -> None:
+        """Time every collector pause (``gc.callbacks``); idempotent."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        generation = info.get("generation", "?")
+        self.gc_pause_seconds.labels(str(generation)).observe(pause)
+        if pause > 0.05:
+            log.warning(
+                "collector paused %.0f ms (generation %s, %s collected, %d frozen)",
+                pause * 1000,
+                generation,
+                info.get("collected"),
+                gc.get_freeze_count(),
+            )
+        if pause > self._gc_max:
+            self._gc_max = pause
+            self.gc_pause_max.set(pause)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -124,6 +124,17 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # Break the reference cycles a closed connection would otherwise leave to the cyclic
+        # collector (the parser generator holds the connection; the scope holds us): with
+        # long-lived objects frozen out of the collector's reach (see gateway.heap), a
+        # closed connection must be freed by reference counting alone.
+        self.conn.parser = None  # type: ignore[assignment]
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"].pop(EXTENSION, None)
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
