@@ -126,11 +126,9 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        # Break the reference cycles a closed connection would otherwise leave to the cyclic
-        # collector (the parser generator holds the connection; the scope holds us): with
-        # long-lived objects frozen out of the collector's reach (see gateway.heap), a
-        # closed connection must be freed by reference counting alone.
-        self.conn.parser = None  # type: ignore[assignment]
+        # The scope holds us (the raw extension) and we hold the scope: with long-lived
+        # objects frozen out of the collector's reach (gateway.heap), a closed connection
+        # must be freed by reference counting alone (tests/test_heap.py).
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"].pop(EXTENSION, None)
