@@ -72,6 +72,7 @@ def uvicorn_options() -> dict[str, Any]:
         "ws": PresenceWebSocketProtocol,  # raw frame writes for the fan-out; 4009 on big frames
         "ws_per_message_deflate": False,  # frames are built once for every recipient
         "ws_max_size": 64 * 1024,
+        "ws_ping_interval": None,  # clients ping every heartbeat_ms; the hub drops silent ones
         "access_log": False,  # gateway.access logs requests with secrets redacted
         "server_header": False,
         "timeout_graceful_shutdown": 5,

@@ -66,6 +66,7 @@ class Hub:
         self._batch_start: float | None = None  # receipt of the oldest state not yet flushed
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._resyncs: set[asyncio.Task[None]] = set()
         self._recording: list[dict[Key, tuple[int, bytes | UserState]]] = []  # see resync
         self._resyncs_started = 0
@@ -80,9 +81,10 @@ class Hub:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._unsubscriber(), name="hub-unsubscriber")
+        self._reaper = asyncio.create_task(self._reap_idle(), name="hub-reaper")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._resyncs) if t is not None]
+        tasks = [t for t in (self._task, self._reaper, *self._resyncs) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -190,6 +192,21 @@ class Hub:
                     for user in users:
                         if self._unsubscribing.get((app, user)) is done:
                             del self._unsubscribing[(app, user)]
+
+    async def _reap_idle(self) -> None:
+        """Close clients silent for longer than IDLE_LIMIT (they ping every heartbeat_ms).
+
+        One sweep for every connection replaces a keepalive timer per connection: a peer
+        that vanished without a FIN is found here, not by the transport.
+        """
+        from gateway import session as session_module
+
+        while True:
+            limit = session_module.IDLE_LIMIT
+            await asyncio.sleep(max(0.05, limit / 5))
+            now = time.monotonic()
+            for session in [s for s in self.sessions if s.idle_for(now) > limit]:
+                session.close(1001, f"no message for {limit:.0f} s; ping every heartbeat_ms")
 
     # fan-out
 

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
 HEARTBEAT_MS = 25_000
+IDLE_LIMIT = 3 * HEARTBEAT_MS / 1000  # seconds without a message before the client is dropped
 HIGH_WATER = 256 * 1024  # bytes buffered for a client before it counts as behind
 SLOW_CLOSE_AFTER = 10.0  # seconds continuously behind before closing with 4008
 RATE = 20.0  # client messages per second, sustained
@@ -282,6 +283,10 @@ class Session:
             return False
         self._allowance -= 1.0
         return True
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the client's last message (time.monotonic() clock)."""
+        return now - self._checked
 
     def close(self, code: int, reason: str) -> None:
         """Flush what is queued and close with ``code``; never waits for the client."""

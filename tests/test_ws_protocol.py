@@ -616,3 +616,20 @@ def _with_aud(secret: str, app: str, aud: str | list[str]) -> str:
     return jwt.encode(
         {"sub": "al", "app": app, "aud": aud, "exp": int(time.time()) + 60}, secret, "HS256"
     )
+
+
+async def test_silent_client_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends nothing for IDLE_LIMIT is closed with 1001; a pinging one stays."""
+    monkeypatch.setattr(gateway.session, "IDLE_LIMIT", 0.5)
+    settings = make_settings()
+    app = app_of(settings)
+    async with serve(settings) as gw:
+        silent = await Client.login(gw.ws_url, app.id, app.client_secret, "quiet")
+        chatty = await Client.login(gw.ws_url, app.id, app.client_secret, "chatty")
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert (await chatty.request("ping"))["type"] == "pong"
+            await asyncio.sleep(0.1)
+        assert (await silent.closed_with(5))[0] == 1001
+        assert (await chatty.request("ping"))["type"] == "pong"
+        await chatty.close()

@@ -62,6 +62,9 @@ export class PresenceClient extends EventTarget {
   #heartbeatTimer = 0;
   #handshakeTimer = 0;
   #flushTimer = 0;
+  #retryTimer = 0;
+  /** Consecutive `unavailable` answers, for the retry backoff; reset by a snapshot. */
+  #unavailable = 0;
   #lastRx = 0;
   #pingSentAt = 0;
   #nextId = 1;
@@ -254,7 +257,8 @@ export class PresenceClient extends EventTarget {
     this.#removeBrowserListeners();
     clearTimeout(this.#reconnectTimer);
     clearTimeout(this.#flushTimer);
-    this.#reconnectTimer = this.#flushTimer = 0;
+    clearTimeout(this.#retryTimer);
+    this.#reconnectTimer = this.#flushTimer = this.#retryTimer = 0;
     this.#dropSocket(1000, "client closed");
     this.#setStatus("closed");
   }
@@ -422,6 +426,7 @@ export class PresenceClient extends EventTarget {
         return this.#onWelcome(msg);
       case "snapshot":
         if (typeof msg.id === "number") this.#pending.delete(msg.id);
+        this.#unavailable = 0;
         if (Array.isArray(msg.presence)) for (const s of msg.presence) this.#apply(s, "snapshot");
         return;
       case "presence":
@@ -464,11 +469,19 @@ export class PresenceClient extends EventTarget {
     const req = typeof msg.id === "number" ? this.#pending.get(msg.id) : undefined;
     if (req) this.#pending.delete(msg.id);
     const users = req?.type === "watch" ? req.users : undefined;
+    const transient = msg.code === "unavailable"; // the server's store is down: ask again soon
     if (users) {
       for (const u of users) {
         this.#serverWatched.delete(u);
-        this.#refused.add(u);
+        if (!transient) this.#refused.add(u);
       }
+    }
+    if (users && transient && !this.#retryTimer) {
+      const cap = Math.min(this.#backoff.maxMs, this.#backoff.initialMs * 2 ** this.#unavailable++);
+      this.#retryTimer = setTimeout(() => {
+        this.#retryTimer = 0;
+        this.#scheduleFlush();
+      }, Math.random() * cap);
     }
     this.#emitError({
       code: typeof msg.code === "string" ? msg.code : "error",
