@@ -1,8 +1,14 @@
-"""``python -m bench SCENARIO [options]``: run one scenario, print a table and one JSON line."""
+"""``python -m bench SCENARIO [--vs PEER ...]``: run a scenario against the gateway (and peers).
+
+Each run (one scenario, one target) prints its table and one JSON line. With peers (``--vs``)
+or ``python -m bench all`` (latency, fanout and conns for the gateway and every peer), a
+comparison table and one more JSON line end the output.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -13,12 +19,14 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+from bench.compare import compare
 from bench.procs import BenchError, Cores
 from bench.runner import RESULTS, Bench
 from bench.scenarios import DEFAULTS, SCENARIOS
-from bench.target import TARGETS
+from bench.target import PEER_NAMES, TARGETS
 
 HARD_LIMIT_S = 600  # whatever happens, a run ends (and cleans up) by then
+ALL = ["latency", "fanout", "conns"]  # what ``python -m bench all`` runs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +35,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Presence gateway benchmark: starts Redis, the server(s) and a "
         "multi-process load generator on loopback; prints a table and one JSON line.",
     )
-    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument(
+        "scenario",
+        choices=[*sorted(SCENARIOS), "all"],
+        help="all: latency, fanout and conns for the target and every peer (or those of --vs)",
+    )
     p.add_argument(
         "--backend",
         choices=["redis", "memory"],
@@ -38,14 +50,16 @@ def _parser() -> argparse.ArgumentParser:
         "--target",
         choices=sorted(TARGETS),
         default="gateway",
-        help="server under test (peers come later)",
+        help="server under test; ratios in the comparison are this one's over each peer's",
     )
     p.add_argument(
         "--vs",
         action="append",
         default=[],
+        choices=[*PEER_NAMES, "all"],
         metavar="PEER",
-        help="also run a peer (not implemented yet)",
+        help=f"also run a peer, one after the other with the same parameters: "
+        f"{', '.join(PEER_NAMES)} or all (repeatable)",
     )
     p.add_argument(
         "--duration",
@@ -65,7 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         default=50.0,
         help="fanout: a step whose p99 is above this counts as queueing",
     )
-    p.add_argument("--providers", default="tencent,rongcloud", help="ingest phases")
+    p.add_argument(
+        "--providers",
+        help="ingest: phases (default tencent,rongcloud); fanout: rongcloud (100-event "
+        "batches, default) or tencent (single events)",
+    )
     p.add_argument(
         "--http-client",
         choices=["raw", "httpx"],
@@ -93,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
         help="watchers send no application pings (default: one per heartbeat_ms)",
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin servers / generator")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=-10,
+        help="niceness of Redis, the servers and the generator (the sender 5 less): on a "
+        "shared machine, other processes then disturb the figures less (0: leave it)",
+    )
     p.add_argument(
         "--server-log-level",
         default="warning",
@@ -125,33 +150,44 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
     raise BenchError(f"hard time limit of {HARD_LIMIT_S}s reached")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.vs:
-        print("--vs peers are not implemented yet (see bench/README.md)", file=sys.stderr)
-        return 2
+def _targets(args: argparse.Namespace) -> list[str]:
+    vs = args.vs or (["all"] if args.scenario == "all" else [])
+    names = [args.target]
+    for peer in vs:
+        names += PEER_NAMES if peer == "all" else [peer]
+    return list(dict.fromkeys(names))
+
+
+def run_one(
+    base: argparse.Namespace, cores: Cores, scenario: str, name: str
+) -> dict[str, Any] | None:
+    """One scenario against one target: its table, its JSON line; the record (None: failed)."""
+    args = copy.copy(base)
+    args.scenario = scenario
+    args.target = name
     _apply_defaults(args)
-    cores = Cores.detect(pin=not args.no_pin)
-    target = TARGETS[args.target](log_level=args.server_log_level, max_watch=max(1000, args.watch))
+    target = TARGETS[name](log_level=args.server_log_level, max_watch=max(1000, args.watch))
+    args.python_target = target.python
     bench = Bench(cores=cores, keep=args.keep)
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(HARD_LIMIT_S)
     started = time.monotonic()
     try:
-        result = SCENARIOS[args.scenario](bench, args, target)
+        result = SCENARIOS[scenario](bench, args, target)
     except (BenchError, RuntimeError) as exc:
-        print(f"bench {args.scenario} failed: {exc}", file=sys.stderr)
-        return 1
+        print(f"bench {scenario} ({name}) failed: {exc}", file=sys.stderr)
+        return None
     finally:
         signal.alarm(0)
         bench.close()
-    params = {k: v for k, v in vars(args).items() if k not in ("keep", "no_save", "vs")}
+    skip = ("keep", "no_save", "vs", "python_target")
+    params = {k: v for k, v in vars(args).items() if k not in skip}
     record: dict[str, Any] = {
-        "scenario": args.scenario,
+        "scenario": scenario,
         "nproc": os.cpu_count(),
         "cores": cores.describe(),
-        "target": args.target,
-        "backend": args.backend if args.scenario != "cluster" else "redis-cluster",
+        "target": name,
+        "backend": args.backend if scenario != "cluster" else "redis-cluster",
         "python": platform.python_version(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_s": round(time.monotonic() - started, 1),
@@ -162,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **result.data,
     }
     print(
-        f"bench {args.scenario}: target {args.target}, backend {record['backend']}, "
+        f"bench {scenario}: target {name}, backend {record['backend']}, "
         f"nproc {record['nproc']}, {cores.describe()}"
     )
     print("\n".join(result.lines))
@@ -173,6 +209,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        (RESULTS / f"{args.scenario}-{args.backend}-{stamp}.json").write_text(line + "\n")
-    print(line)
-    return 0
+        who = "" if name == "gateway" else f"{name}-"
+        (RESULTS / f"{scenario}-{who}{args.backend}-{stamp}.json").write_text(line + "\n")
+    print(line, flush=True)
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    names = _targets(args)
+    scenarios = ALL if args.scenario == "all" else [args.scenario]
+    if args.scenario == "cluster" and names != ["gateway"]:
+        print("bench: the cluster scenario runs the gateway only (no --vs)", file=sys.stderr)
+        return 2
+    try:
+        for name in names:
+            TARGETS[name]().prepare()
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    cores = Cores.detect(pin=not args.no_pin, nice=args.nice)
+    records: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for scenario in scenarios:
+        for name in names:
+            records[scenario, name] = run_one(args, cores, scenario, name)
+    if len(names) > 1:
+        table, summary = compare(records, names, scenarios)
+        print("\n".join(table))
+        print()
+        line = json.dumps(summary, separators=(",", ":"), default=str)
+        if not args.no_save:
+            RESULTS.mkdir(exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            (RESULTS / f"compare-{'-'.join(scenarios)}-{stamp}.json").write_text(line + "\n")
+        print(line)
+    return 0 if all(r is not None for r in records.values()) else 1

@@ -66,18 +66,24 @@ class Cores:
     server: frozenset[int]
     generator: frozenset[int]
     pinned: bool
+    nice: int = 0  # the niceness of every process the bench starts (the sender one less)
 
     @classmethod
-    def detect(cls, pin: bool = True) -> Cores:
+    def detect(cls, pin: bool = True, nice: int = 0) -> Cores:
+        """Call once per ``python -m bench``: a run pins this process to the generator cores."""
         cores = sorted(os.sched_getaffinity(0))
         if pin and len(cores) >= 2:
-            return cls(frozenset(cores[:1]), frozenset(cores[1:]), True)
-        return cls(frozenset(cores), frozenset(cores), False)
+            return cls(frozenset(cores[:1]), frozenset(cores[1:]), True, nice)
+        return cls(frozenset(cores), frozenset(cores), False, nice)
 
     def describe(self) -> str:
         if not self.pinned:
-            return f"not pinned (cores {sorted(self.server)} shared)"
-        return f"servers on core(s) {sorted(self.server)}, generator on {sorted(self.generator)}"
+            where = f"not pinned (cores {sorted(self.server)} shared)"
+        else:
+            where = (
+                f"servers on core(s) {sorted(self.server)}, generator on {sorted(self.generator)}"
+            )
+        return where + (f", nice {self.nice}" if self.nice else "")
 
 
 def pin(pid: int, cores: frozenset[int]) -> None:
@@ -198,12 +204,15 @@ def spawn(
     workdir: Path,
     cores: frozenset[int] | None,
     env: dict[str, str] | None = None,
+    nice: int = 0,
 ) -> Child:
-    """Start ``argv`` with output to ``workdir/name.log``, pinned to ``cores``."""
+    """Start ``argv`` with output to ``workdir/name.log``, pinned to ``cores``, at ``nice``
+    (through nice(1), so that every thread of the process has it from the start)."""
     log = workdir / f"{name}.log"
+    prefix = ["nice", "-n", str(nice)] if nice and shutil.which("nice") else []
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            list(argv),
+            [*prefix, *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -270,7 +279,9 @@ class Redis:
         return [c.pid for c in self.children]
 
     @classmethod
-    def start(cls, workdir: Path, cores: frozenset[int] | None, masters: int = 0) -> Redis:
+    def start(
+        cls, workdir: Path, cores: frozenset[int] | None, masters: int = 0, nice: int = 0
+    ) -> Redis:
         """One standalone server (``masters`` 0) or a cluster of ``masters`` nodes."""
         binary = shutil.which("redis-server")
         if binary is None:
@@ -309,7 +320,7 @@ class Redis:
                         "--cluster-node-timeout",
                         "5000",
                     ]
-                child = spawn(f"redis-{i}", argv, workdir, cores)
+                child = spawn(f"redis-{i}", argv, workdir, cores, nice=nice)
                 redis.ports.append(port)
                 redis.children.append(child)
             for port, child in zip(redis.ports, redis.children, strict=True):

@@ -54,7 +54,7 @@ class Bench:
         pin(0, self.cores.generator)
 
     def start_redis(self, masters: int = 0) -> Redis:
-        self.redis = Redis.start(self.workdir, self.cores.server, masters)
+        self.redis = Redis.start(self.workdir, self.cores.server, masters, self.cores.nice)
         return self.redis
 
     def start_servers(self, target: Target, count: int = 1) -> list[Server]:
@@ -66,7 +66,7 @@ class Bench:
         return self.servers
 
     def pool(self, kind: str, inits: list[dict[str, Any]]) -> Pool:
-        pool = Pool(kind, self.cores.generator, inits)
+        pool = Pool(kind, self.cores.generator, inits, self.cores.nice)
         self.pools.append(pool)
         return pool
 

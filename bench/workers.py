@@ -68,6 +68,7 @@ def _worker_main(
     cores: frozenset[int],
     pipe: multiprocessing.connection.Connection,
     init: dict[str, Any],
+    nice: int = 0,
 ) -> None:
     """Entry point of every worker process.
 
@@ -78,10 +79,10 @@ def _worker_main(
     raise_nofile()
     pin(0, cores)
     gc.disable()
-    if kind == "sender":
-        # Keep the send schedule when the watcher processes on the same cores are busy.
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, -5)
+    # The sender one step above the watchers: it keeps the send schedule when the watcher
+    # processes on the same cores are busy.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, nice - 5 if kind == "sender" else nice)
     uvloop.run(_serve(kind, pipe, init))
 
 
@@ -109,7 +110,9 @@ async def _serve(
 class Pool:
     """The parent's handle on a group of worker processes of one kind."""
 
-    def __init__(self, kind: str, cores: frozenset[int], inits: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, kind: str, cores: frozenset[int], inits: list[dict[str, Any]], nice: int = 0
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.kind = kind
         self.pipes: list[multiprocessing.connection.Connection] = []
@@ -117,7 +120,7 @@ class Pool:
         for i, init in enumerate(inits):
             mine, theirs = ctx.Pipe()
             proc = ctx.Process(
-                target=_worker_main, args=(kind, cores, theirs, init), name=f"{kind}-{i}"
+                target=_worker_main, args=(kind, cores, theirs, init, nice), name=f"{kind}-{i}"
             )
             proc.start()
             theirs.close()
@@ -197,14 +200,32 @@ class Sender:
         self.conns = []
 
     async def open_loop(
-        self, k0: int, count: int, stride: int, offset: int, rate: float, t0_ns: int, conns: int
+        self,
+        k0: int,
+        count: int,
+        stride: int,
+        offset: int,
+        rate: float,
+        t0_ns: int,
+        conns: int,
+        provider: str = "tencent",
     ) -> dict[str, Any]:
-        """Send events ``k0 + offset + i * stride`` (< k0 + count), each at its due time
-        ``t0 + (k - k0) / rate``, Tencent single-event requests, on up to ``conns`` connections.
+        """Send events ``k0 .. k0 + count - 1`` at ``rate`` events/s (open loop) on up to
+        ``conns`` connections, each request at the due time of its first event,
+        ``t0 + (k - k0) / rate``.
+
+        ``tencent``: one single-event request per event ``k0 + offset + i * stride``.
+        ``rongcloud``: one request per batch of ``BATCH`` events, request ``i`` of this worker
+        carrying batch ``offset + i * stride``; every event of a batch is sent (and acked) when
+        its request is.
         """
         assert self.shared is not None
         send_ns, status = self.shared.send_ns, self.shared.status
-        build = TencentRequests(self.plan, self.port, self.path)
+        build: Callable[[int], bytes]
+        if provider == "tencent":
+            build, per = TencentRequests(self.plan, self.port, self.path), 1
+        else:
+            build, per = RongCloudRequests(self.plan, self.port, self.path), BATCH
         idle: deque[HttpConn] = deque()
         wake: deque[asyncio.Future[None]] = deque()
         hist = Histogram()
@@ -216,7 +237,11 @@ class Sender:
         def on_response(conn: HttpConn, code: int) -> None:
             nonlocal inflight
             inflight -= 1
-            status[conn.k] = ACKED if 200 <= code < 300 else FAILED
+            mark = ACKED if 200 <= code < 300 else FAILED
+            if per == 1:
+                status[conn.k] = mark
+            else:
+                status[conn.k : conn.k + per] = bytes((mark,)) * per
             codes[code] += 1
             hist.record((time.monotonic_ns() - conn.sent_ns) // 1000)
             if not conn.closed:
@@ -256,7 +281,7 @@ class Sender:
         late = 0  # sends more than 5 ms behind schedule
         sent = 0
         step_ns = 1e9 / rate
-        for k in range(k0 + offset, k0 + count, stride):
+        for k in range(k0 + offset * per, k0 + count, stride * per):
             due = t0_ns + int((k - k0) * step_ns)
             if due > time.monotonic_ns():
                 await _sleep_until(due)
@@ -268,10 +293,14 @@ class Sender:
             late += lag > 5_000_000
             conn.k = k
             conn.sent_ns = now
-            send_ns[k] = now
-            status[k] = SENT
+            if per == 1:
+                send_ns[k] = now
+                status[k] = SENT
+            else:
+                send_ns[k : k + per] = [now] * per
+                status[k : k + per] = bytes((SENT,)) * per
             inflight += 1
-            sent += 1
+            sent += per
             conn.send(request)
         last_send = time.monotonic_ns()
         if inflight:
@@ -289,6 +318,7 @@ class Sender:
             "starved": starved,
             "first_due_ns": t0_ns,
             "last_send_ns": last_send,
+            "events_per_request": per,
         }
 
     async def closed_loop(
@@ -453,6 +483,7 @@ class Watchers:
         self.unmatched = 0  # a state that no event of this run explains
         self.regress = 0  # v lower than one already received
         self.resync_states = 0
+        self.earlier = 0  # a state of an event of an earlier step (arrived after its drain)
         self.frames = 0
         self.last_ns = 0
 
@@ -478,6 +509,9 @@ class Watchers:
             self.stale += 1
             return
         sess.maxk[user] = k
+        if k < self.k_lo:
+            self.earlier += 1
+            return
         assert self.send_ns is not None
         sent = self.send_ns[k]
         if not sent:
@@ -614,6 +648,7 @@ class Watchers:
             "unmatched": self.unmatched,
             "regress": self.regress,
             "resync_states": self.resync_states,
+            "earlier": self.earlier,
             "frames": self.frames,
             "hist_a": self.hist_a,
             "hist_b": self.hist_b,
