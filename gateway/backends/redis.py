@@ -1,4 +1,4 @@
-"""The Redis backend: the presence map in Redis or Redis Cluster, merged by one Lua call per user.
+"""The Redis backend: the presence map in Redis or Redis Cluster, merged atomically in Lua.
 
 Layout (``<prefix>`` is ``pg`` unless configured; ``<tag>`` is ``<app>/<user>`` with ``%``, ``{``
 and ``}`` of the user id percent-escaped, so the whole tag is the Cluster hash tag and a user's
@@ -11,8 +11,9 @@ key and channel always share a slot)::
 
     <prefix>:grace       sorted set  <tag> -> when the user's offline grace ends (ms)
 
-``lua/apply.lua`` merges one user's events, stores and publishes in one atomic step. A webhook
-batch costs one round trip per Redis node: one pipeline of EVALSHA calls, one per user.
+``lua/apply.lua`` merges a user's events, stores and publishes in one atomic step, for several
+users per call: a webhook batch is one EVALSHA on standalone Redis (up to ``MAX_USERS_PER_CALL``
+users a call) and one per hash slot on Cluster, sent in one write per node (``redis_wire``).
 
 Offline grace: apply.lua marks a user whose last device went offline (field ``g`` of its hash)
 instead of publishing; the caller then indexes it in ``<prefix>:grace``. ``sweep`` (every node
@@ -28,13 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import logging
 import random
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
@@ -47,6 +50,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from gateway.backends.base import ApplyResult, MessageHandler, PresenceSettings, ResetHandler
 from gateway.backends.memory import clock_ms
+from gateway.backends.redis_wire import Wire, bulk, command
 from gateway.errors import StoreUnavailable
 from gateway.model import (
     MAX_ONLINE_TIMES,
@@ -66,9 +70,6 @@ SWEEP_BATCH = 500  # grace entries per sweep round trip
 def _lua(name: str) -> str:
     return resources.files("gateway.backends").joinpath(f"lua/{name}").read_text()
 
-
-APPLY_LUA = _lua("apply.lua")
-GRACE_DONE_LUA = _lua("grace_done.lua")
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 _json = msgspec.json.Encoder()
@@ -120,12 +121,20 @@ def parse_channel(prefix: str, channel: str | bytes) -> tuple[str, str] | None:
 
 @contextmanager
 def unavailable(what: str) -> Iterator[None]:
-    """Turn any Redis failure inside the block into ``StoreUnavailable``."""
+    """Turn any failure inside the block into ``StoreUnavailable``.
+
+    A failure that is not a Redis or network error is a bug (ours, or redis-py's: its Cluster
+    client has raised ``AttributeError`` from connections it closed under load); it is logged
+    with its traceback, and the caller still gets the one exception the contract names.
+    """
     try:
         yield
     except StoreUnavailable:
         raise
     except (RedisError, RedisClusterException, OSError) as exc:
+        raise StoreUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        log.error("redis %s failed unexpectedly", what, exc_info=exc)
         raise StoreUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -154,8 +163,60 @@ def decode_record(raw: bytes | str) -> DeviceRecord:
     )
 
 
+class _Script:
+    """A Lua script of ``lua/``: its source, its SHA1, and the start of an EVALSHA of it."""
+
+    def __init__(self, name: str) -> None:
+        self.source = _lua(name)
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.load = command(b"SCRIPT", b"LOAD", self.source.encode())
+        self.head = bulk(b"EVALSHA") + bulk(self.sha.encode())
+
+    def call(self, keys: Sequence[bytes], args: Sequence[bytes] = ()) -> bytes:
+        """The EVALSHA command of ``keys`` and ``args``."""
+        parts = [bulk(b"%d" % len(keys)), *map(bulk, keys), *map(bulk, args)]
+        return b"*%d\r\n%b%b" % (len(parts) + 2, self.head, b"".join(parts))
+
+
+APPLY = _Script("apply.lua")
+GET = _Script("get.lua")
+GRACE_DONE = _Script("grace_done.lua")
+SCRIPTS = (APPLY, GET, GRACE_DONE)
+
+MAX_USERS_PER_CALL = 100
+"""Users in one script call: bounds how long one call holds Redis (~30 µs a user)."""
+
+_ONLINE, _OFFLINE = bulk(b"1"), bulk(b"0")
+_PING = command(b"PING")
+_platforms: dict[str, bytes] = {}  # platform -> its bulk string; few distinct ones
+
+
+def _platform(name: str) -> bytes:
+    encoded = _platforms.get(name)
+    if encoded is None:
+        encoded = bulk(name.encode())
+        if len(_platforms) < 4096:
+            _platforms[name] = encoded
+    return encoded
+
+
+_wires: weakref.WeakKeyDictionary[Redis | RedisCluster, Wire] = weakref.WeakKeyDictionary()
+
+
+def _wire(client: Redis | RedisCluster) -> Wire:
+    """The lanes of ``client``, shared by every store made on it."""
+    wire = _wires.get(client)
+    if wire is None:
+        wire = _wires[client] = Wire(client)
+    return wire
+
+
 class RedisStore:
-    """The presence map in Redis (standalone or Cluster); see the module doc for the layout."""
+    """The presence map in Redis (standalone or Cluster); see the module doc for the layout.
+
+    Commands go over ``redis_wire`` lanes, not redis-py's pipelines: see that module's doc. The
+    redis-py ``client`` supplies the connection settings and the Cluster topology.
+    """
 
     def __init__(
         self,
@@ -169,8 +230,18 @@ class RedisStore:
         self.client = client
         self.settings = settings
         self.prefix = prefix
-        self._apply_sha = client.register_script(APPLY_LUA).sha
-        self._grace_done_sha = client.register_script(GRACE_DONE_LUA).sha
+        self._wire = _wire(client)
+        self._index = grace_index(prefix).encode()
+        max_age = settings.max_event_age_s * 1000
+        retention = settings.session_retention_s * 1000
+        windows = (
+            max_age,
+            retention,
+            retention + max_age,
+            settings.offline_grace_ms,
+            MAX_ONLINE_TIMES,
+        )
+        self._windows = b"".join(bulk(b"%d" % n) for n in windows)  # apply.lua's ARGV[3..7]
         self._closed = False
 
     @classmethod
@@ -202,149 +273,247 @@ class RedisStore:
     def channel(self, app: str, user: str) -> str:
         return user_channel(self.prefix, app, user)
 
-    def _call(
-        self, mode: str, now: int, app: str, user: str, events: Sequence[PresenceEvent] = ()
-    ) -> tuple[Any, ...]:
-        """The EVALSHA arguments of one apply.lua call (see its header)."""
-        max_age = self.settings.max_event_age_s * 1000
-        retention = self.settings.session_retention_s * 1000
-        grace = self.settings.offline_grace_ms
-        argv = [
-            mode,
-            now,
-            max_age,
-            retention,
-            retention + max_age,
-            grace,
-            _json.encode(user),
-            MAX_ONLINE_TIMES,
-        ]
-        for ev in events:
-            argv += (ev.device, ev.time, 1 if ev.online else 0, ev.platform)
-        return (self._apply_sha, 2, self.key(app, user), self.channel(app, user), *argv)
-
     async def apply(
         self, app: str, events: Sequence[PresenceEvent], now_ms: int | None = None
     ) -> ApplyResult:
         now = clock_ms() if now_ms is None else now_ms
         by_user: dict[str, list[PresenceEvent]] = {}
         for ev in events:
-            by_user.setdefault(ev.user, []).append(ev)
+            evs = by_user.get(ev.user)
+            if evs is None:
+                by_user[ev.user] = [ev]
+            else:
+                evs.append(ev)
         result = ApplyResult(published=[])
         if not by_user:
             return result
-        calls = [self._call("apply", now, app, user, evs) for user, evs in by_user.items()]
-        waiting: dict[str, int] = {}
+        users = [(user_tag(app, user), user, evs) for user, evs in by_user.items()]
+        waiting: dict[bytes, int] = {}
         with unavailable("apply"):
-            replies = await self._eval_all(calls)
-            for user, (applied, ignored, state, grace_end) in zip(by_user, replies, strict=True):
+            replies = await self._run_users(b"apply", now, users)
+            for (tag, _, _), (applied, ignored, state, grace_end) in zip(
+                users, replies, strict=True
+            ):
                 result.applied += applied
                 result.ignored += ignored
                 if state is not None:
                     result.published.append(state_decoder.decode(state))
                 if grace_end is not None:
-                    waiting[user_tag(app, user)] = grace_end
+                    waiting[tag.encode()] = grace_end
             if waiting:
-                await self.client.zadd(grace_index(self.prefix), waiting)
+                await self._zadd(waiting)
         return result
 
     async def sweep(self, now_ms: int | None = None) -> int:
         now = clock_ms() if now_ms is None else now_ms
-        index = grace_index(self.prefix)
         published = 0
+        index = self._index
         with unavailable("sweep"):
             while True:
-                due = cast(
-                    "list[tuple[bytes, float]]",
-                    await self.client.zrangebyscore(
-                        index, "-inf", now, start=0, num=SWEEP_BATCH, withscores=True
-                    ),
+                node = await self._node(index)
+                [flat] = await self._run_node(
+                    node,
+                    [
+                        command(
+                            b"ZRANGEBYSCORE",
+                            index,
+                            b"-inf",
+                            b"%d" % now,
+                            b"LIMIT",
+                            b"0",
+                            b"%d" % SWEEP_BATCH,
+                            b"WITHSCORES",
+                        )
+                    ],
                 )
+                due = [(tag, int(float(t))) for tag, t in zip(flat[::2], flat[1::2], strict=True)]
                 if not due:
                     return published
                 # Members are tags this store wrote; "" keys of a stray one sweep nothing.
-                users = [parse_tag(tag) or ("", "") for tag, _ in due]
-                calls = [self._call("sweep", now, app, user) for app, user in users]
-                replies = await self._eval_all(calls)
+                users = []
+                for tag, _ in due:
+                    app, user = parse_tag(tag) or ("", "")
+                    users.append((user_tag(app, user), user, ()))
+                replies = await self._run_users(b"sweep", now, users)
                 still: dict[bytes, int] = {}
-                done: list[bytes | int] = []
+                done: list[bytes] = []
                 for (tag, score), (_, _, state, grace_end) in zip(due, replies, strict=True):
                     published += state is not None
                     if grace_end is not None:
                         still[tag] = grace_end  # a new grace began since: index its end
                     else:
-                        done += (tag, int(score))
-                calls = [(self._grace_done_sha, 1, index, *done)] if done else []
+                        done += (tag, b"%d" % score)
                 if still:
-                    await self.client.zadd(index, still)
-                await self._eval_all(calls)
+                    await self._zadd(still)
+                if done:
+                    await self._run_node(node, [GRACE_DONE.call([index], done)])
                 if len(due) < SWEEP_BATCH:
                     return published
-
-    async def _eval_all(self, calls: list[tuple[Any, ...]]) -> list[Any]:
-        """Run EVALSHA ``calls`` in one pipeline (one round trip per node), in order.
-
-        A node that lost its script cache (restart, failover) answers NOSCRIPT without running
-        anything: load the scripts and run those calls again.
-        """
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            if not todo:
-                break
-            pipe = self.client.pipeline(transaction=False)
-            for i in todo:
-                # The cluster pipeline refuses pipe.evalsha(); the raw command routes by key.
-                pipe.execute_command("EVALSHA", *calls[i])
-            replies = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, reply in zip(todo, replies, strict=True):
-                if isinstance(reply, NoScriptError) and attempt == 0:
-                    missing.append(i)
-                elif isinstance(reply, Exception):
-                    raise reply
-                else:
-                    results[i] = reply
-            if missing:
-                await self.client.script_load(APPLY_LUA)
-                await self.client.script_load(GRACE_DONE_LUA)
-            todo = missing
-        return results
 
     async def get(self, app: str, users: Sequence[str]) -> list[UserState]:
         if not users:
             return []
+        keys = [self.key(app, user).encode() for user in users]
         with unavailable("get"):
-            pipe = self.client.pipeline(transaction=False)
-            for user in users:
-                pipe.hget(self.key(app, user), "s")
-            raw = await pipe.execute()
+            groups = await self._groups(keys)
+            # A key alone in its slot (the rule on Cluster) costs Redis less as a plain HGET.
+            replies = await self._run_calls(
+                [
+                    (node, GET.call([keys[i] for i in idx]))
+                    if len(idx) > 1
+                    else (node, command(b"HGET", keys[idx[0]], b"s"))
+                    for node, idx in groups
+                ]
+            )
+        raw: list[bytes | None] = [None] * len(users)
+        for (_, idx), states in zip(groups, replies, strict=True):
+            if len(idx) == 1:
+                raw[idx[0]] = states
+                continue
+            for i, state in zip(idx, states, strict=True):
+                raw[i] = state
         return [
             UserState(user) if state is None else state_decoder.decode(state)
             for user, state in zip(users, raw, strict=True)
         ]
 
     async def records(self, app: str, user: str) -> dict[str, DeviceRecord]:
+        key = self.key(app, user).encode()
         with unavailable("records"):
-            fields = cast("dict[bytes, bytes]", await self.client.hgetall(self.key(app, user)))
+            [flat] = await self._run_node(await self._node(key), [command(b"HGETALL", key)])
         return {
             field[2:].decode(): decode_record(value)
-            for field, value in fields.items()
+            for field, value in zip(flat[::2], flat[1::2], strict=True)
             if field.startswith(b"d:")
         }
 
     async def ping(self) -> None:
         with unavailable("ping"):
-            if isinstance(self.client, RedisCluster):
-                await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
-            else:
-                await self.client.ping()
+            nodes = await self._wire.primaries()
+            await self._run_calls([(node, _PING) for node in nodes])
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        await self._wire.close()
         await self.client.aclose()
+
+    # the calls
+
+    async def _run_users(
+        self, mode: bytes, now: int, users: Sequence[tuple[str, str, Sequence[PresenceEvent]]]
+    ) -> list[list[Any]]:
+        """Run apply.lua for ``users`` (tag, user id, events), one call per node and slot.
+
+        Returns each user's 4 values, in the order of ``users``.
+        """
+        keys = [f"{self.prefix}:u:{{{tag}}}".encode() for tag, _, _ in users]
+        groups = await self._groups(keys)
+        head = bulk(mode) + bulk(b"%d" % now) + self._windows
+        calls = []
+        for node, idx in groups:
+            keyparts: list[bytes] = []
+            argv: list[bytes] = [head]
+            for i in idx:
+                tag, user, evs = users[i]
+                keyparts += (bulk(keys[i]), bulk(f"{self.prefix}:c:{{{tag}}}".encode()))
+                argv += (bulk(_json.encode(user)), bulk(b"%d" % len(evs)))
+                for ev in evs:
+                    device, time = ev.device.encode(), b"%d" % ev.time
+                    argv += (
+                        b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(device), device, len(time), time),
+                        _ONLINE if ev.online else _OFFLINE,
+                        _platform(ev.platform),
+                    )
+            nargs = 3 + 2 * len(idx) + 7 + 2 * len(idx) + 4 * sum(len(users[i][2]) for i in idx)
+            calls.append(
+                (
+                    node,
+                    b"*%d\r\n%b%b%b%b"
+                    % (
+                        nargs,
+                        APPLY.head,
+                        bulk(b"%d" % len(keyparts)),
+                        b"".join(keyparts),
+                        b"".join(argv),
+                    ),
+                )
+            )
+        replies = await self._run_calls(calls)
+        out: list[list[Any]] = [[]] * len(users)
+        for (_, idx), flat in zip(groups, replies, strict=True):
+            for j, i in enumerate(idx):
+                out[i] = flat[4 * j : 4 * j + 4]
+        return out
+
+    async def _zadd(self, entries: dict[bytes, int]) -> None:
+        """Index users waiting out the grace: tag -> when it ends."""
+        args = [b"ZADD", self._index]
+        for tag, end in entries.items():
+            args += (b"%d" % end, tag)
+        await self._run_node(await self._node(self._index), [command(*args)])
+
+    async def _node(self, key: bytes) -> str:
+        """The node serving ``key`` ("" on standalone Redis)."""
+        slots = await self._wire.topology()
+        return slots[key_slot(key)] if slots else ""
+
+    async def _groups(
+        self, keys: Sequence[bytes], size: int = MAX_USERS_PER_CALL
+    ) -> list[tuple[str, list[int]]]:
+        """``keys`` (by index) in calls of at most ``size``: one hash slot each on Cluster."""
+        slots = await self._wire.topology()
+        if not slots:
+            every = list(range(len(keys)))
+            return [("", every[i : i + size]) for i in range(0, len(every), size)]
+        by_slot: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_slot.setdefault(key_slot(key), []).append(i)
+        return [
+            (slots[slot], idx[i : i + size])
+            for slot, idx in by_slot.items()
+            for i in range(0, len(idx), size)
+        ]
+
+    async def _run_calls(self, calls: Sequence[tuple[str, bytes]]) -> list[Any]:
+        """Run (node, command) ``calls``: a write per node, nodes in parallel; replies in order."""
+        by_node: dict[str, list[int]] = {}
+        for i, (node, _) in enumerate(calls):
+            by_node.setdefault(node, []).append(i)
+        replies: list[Any] = [None] * len(calls)
+
+        async def run(node: str, idx: list[int]) -> None:
+            got = await self._run_node(node, [calls[i][1] for i in idx])
+            for i, reply in zip(idx, got, strict=True):
+                replies[i] = reply
+
+        if len(by_node) == 1:
+            [(node, idx)] = by_node.items()
+            await run(node, idx)
+        else:
+            await asyncio.gather(*(run(node, idx) for node, idx in by_node.items()))
+        return replies
+
+    async def _run_node(self, node: str, commands: list[bytes]) -> list[Any]:
+        """Run ``commands`` on one node in one write; raise the first error reply.
+
+        A node that lost its script cache (restart, failover) answers NOSCRIPT without running
+        anything: load the scripts there and run those commands again.
+        """
+        replies = await self._wire.run(node, commands)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for reply in await self._wire.run(node, [script.load for script in SCRIPTS]):
+                if isinstance(reply, Exception):
+                    raise reply
+            again = await self._wire.run(node, [commands[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
 
 def connect(

@@ -1,11 +1,13 @@
--- apply.lua: merge one user's presence events and publish the new state if watchers would see
--- a change; or (mode "sweep") end the user's offline grace. One atomic call per user. The rules
--- are gateway/model.py's and MemoryStore's, exactly: per-device merge (last-writer-wins on
--- (time, online, platform) plus the latest offline and the online times since it), trim, the
--- freshness window, tombstone pruning, aggregate, next_version and the offline grace. The store
--- contract tests check that this and the memory store agree.
+-- apply.lua: merge the presence events of one or more users and publish each new state that
+-- watchers would see change; or (mode "sweep") end the users' offline grace. One atomic call for
+-- all its users: the caller sends one call per hash slot on Redis Cluster (a call's keys must
+-- share a slot there) and any mix of users on standalone Redis. The rules are gateway/model.py's
+-- and MemoryStore's, exactly: per-device merge (last-writer-wins on (time, online, platform) plus
+-- the latest offline and the online times since it), trim, the freshness window, tombstone
+-- pruning, aggregate, next_version and the offline grace. The store contract tests check that
+-- this and the memory store agree.
 --
--- KEYS[1]  the user's hash. Fields:
+-- KEYS[2i-1]  user i's hash. Fields:
 --            d:<device>  one device record (model.DeviceRecord):
 --                        "<time>,<0|1>,<off>,<on1>;<on2>;...,<platform>"
 --                        time, online, platform: the last-writer-wins winner; off: the latest
@@ -17,31 +19,30 @@
 --            v           its version
 --            p           its online platforms, JSON strings joined by ","
 --            g           while an offline waits out the grace: when the grace ends (ms)
--- KEYS[2]  the user's shard channel. Not a key: declared because it carries the same hash
---          tag, so cluster routing and the script's slot check cover the SPUBLISH too.
+-- KEYS[2i]    user i's shard channel. Not a key: declared because it carries the same hash
+--            tag, so cluster routing and the script's slot check cover the SPUBLISH too.
 -- ARGV[1]  mode: "apply" (merge the events) or "sweep" (publish the offline if the grace ended)
 -- ARGV[2]  now_ms (the caller's clock)
 -- ARGV[3]  max_event_age_ms: events with |now - time| above it are ignored
 -- ARGV[4]  session_retention_ms: offline records older than now - retention are pruned
 -- ARGV[5]  expire_ms: the key's TTL once every device is offline
 -- ARGV[6]  offline_grace_ms (0: publish offlines at once)
--- ARGV[7]  the user id as a JSON string literal (encoded by the caller, byte-equal to msgspec)
--- ARGV[8]  max_online_times: the most online times a record keeps (model.MAX_ONLINE_TIMES)
--- ARGV[9..] apply: the events, 4 values each, in arrival order: device, time, online (1|0),
---           platform
+-- ARGV[7]  max_online_times: the most online times a record keeps (model.MAX_ONLINE_TIMES)
+-- ARGV[8..] per user, in KEYS order: the user id as a JSON string literal (encoded by the
+--           caller, byte-equal to msgspec); n, its number of events (0 to sweep); then its n
+--           events, 4 values each, in arrival order: device, time, online (1|0), platform
 --
--- Returns {applied, ignored, state, grace_end}: state is the published JSON or nil; grace_end
--- is set while the user's offline waits out the grace (the caller indexes it for the sweep).
+-- Returns 4 values per user, in KEYS order: applied, ignored, state, grace_end. state is the
+-- published JSON or nil; grace_end is set while the user's offline waits out the grace (the
+-- caller indexes it for the sweep).
 
-local key, channel = KEYS[1], KEYS[2]
 local mode = ARGV[1]
 local now = tonumber(ARGV[2])
 local max_age = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local expire_ms = ARGV[5]
 local grace = tonumber(ARGV[6])
-local user_json = ARGV[7]
-local cap = tonumber(ARGV[8])
+local cap = tonumber(ARGV[7])
 
 -- Byte order of two strings: Python's str order for UTF-8. Lua's "<" on strings uses the
 -- server's collation locale, which may differ.
@@ -178,25 +179,28 @@ local function json_string(s)
   return (string.gsub(cjson.encode(s), "\\/", "/"))
 end
 
--- Load the device records and what was published.
-local records = {}
-local old = { s = nil, v = 0, p = "", g = nil }
-local flat = redis.call("HGETALL", key)
-for i = 1, #flat, 2 do
-  local field, value = flat[i], flat[i + 1]
-  if string.sub(field, 1, 2) == "d:" then
-    records[string.sub(field, 3)] = decode_record(value)
-  elseif field == "v" or field == "g" then
-    old[field] = tonumber(value)
-  else
-    old[field] = value
+-- One user's device records and what was published for it.
+local function load(key)
+  local records = {}
+  local old = { s = nil, v = 0, p = "", g = nil }
+  local flat = redis.call("HGETALL", key)
+  for i = 1, #flat, 2 do
+    local field, value = flat[i], flat[i + 1]
+    if string.sub(field, 1, 2) == "d:" then
+      records[string.sub(field, 3)] = decode_record(value)
+    elseif field == "v" or field == "g" then
+      old[field] = tonumber(value)
+    else
+      old[field] = value
+    end
   end
+  return records, old
 end
 
 -- model.aggregate: online platforms with their earliest device since (the first online time
 -- of the device's streak), sorted by platform; since = the earliest of those, else the latest
 -- offline time. Returns the state's JSON up to "v" and its platform list.
-local function aggregate()
+local function aggregate(records, user_json)
   local online, platforms = {}, {}
   local last_seen = nil
   for _, rec in pairs(records) do
@@ -231,7 +235,7 @@ local function aggregate()
 end
 
 -- Publish ``head`` (a state up to "v") if it differs from the published state; the JSON or false.
-local function publish(head, platforms)
+local function publish(key, channel, old, user_json, head, platforms)
   local previous = old.s
   if previous == nil then
     previous = '{"user":' .. user_json .. ',"status":"offline","since":null,"devices":[],"v":0}'
@@ -246,76 +250,102 @@ local function publish(head, platforms)
   return state
 end
 
-if mode == "sweep" then
+-- Sweep one user: publish its offline if its grace ended. Returns applied, ignored, state,
+-- grace_end.
+local function sweep(key, channel, user_json)
+  local records, old = load(key)
   if old.g == nil then
-    return { 0, 0, false, false }
+    return 0, 0, false, false
   elseif old.g > now then
-    return { 0, 0, false, old.g }
+    return 0, 0, false, old.g
   end
   redis.call("HDEL", key, "g")
-  local head, platforms = aggregate()
-  return { 0, 0, publish(head, platforms), false }
+  local head, platforms = aggregate(records, user_json)
+  return 0, 0, publish(key, channel, old, user_json, head, platforms), false
 end
 
--- Merge the events in order (model.is_fresh, model.merge, model.trim); an event that leaves
--- its record as it was is ignored.
-local applied, ignored = 0, 0
-local dirty = {}
-for i = 9, #ARGV, 4 do
-  local device, t = ARGV[i], tonumber(ARGV[i + 1])
-  if math.abs(now - t) > max_age then
-    ignored = ignored + 1
-  else
-    local current = records[device]
-    local new = trim(merge(current, t, ARGV[i + 2] == "1", ARGV[i + 3]), now - max_age)
-    new.raw = encode_record(new)
-    if current ~= nil and new.raw == current.raw then
+-- Apply one user's events, ARGV[first..last]. Returns applied, ignored, state, grace_end.
+local function apply(key, channel, user_json, first, last)
+  local records, old = load(key)
+  -- Merge the events in order (model.is_fresh, model.merge, model.trim); an event that leaves
+  -- its record as it was is ignored.
+  local applied, ignored = 0, 0
+  local dirty = {}
+  for i = first, last, 4 do
+    local device, t = ARGV[i], tonumber(ARGV[i + 1])
+    if math.abs(now - t) > max_age then
       ignored = ignored + 1
     else
-      records[device] = new
-      dirty[device] = true
-      applied = applied + 1
+      local current = records[device]
+      local new = trim(merge(current, t, ARGV[i + 2] == "1", ARGV[i + 3]), now - max_age)
+      new.raw = encode_record(new)
+      if current ~= nil and new.raw == current.raw then
+        ignored = ignored + 1
+      else
+        records[device] = new
+        dirty[device] = true
+        applied = applied + 1
+      end
     end
   end
-end
-if applied == 0 then
-  return { 0, ignored, false, old.g or false }
+  if applied == 0 then
+    return 0, ignored, false, old.g or false
+  end
+
+  -- Prune tombstones (model.prune), then write what changed.
+  local cutoff = now - retention
+  for device, rec in pairs(records) do
+    if not rec.on and rec.t < cutoff then
+      records[device] = nil
+      dirty[device] = nil
+      redis.call("HDEL", key, "d:" .. device)
+    end
+  end
+  for device in pairs(dirty) do
+    redis.call("HSET", key, "d:" .. device, records[device].raw)
+  end
+
+  local head, platforms = aggregate(records, user_json)
+  -- Keep the key while a device is online; once all are offline, let it expire.
+  if platforms ~= "" then
+    redis.call("PERSIST", key)
+  else
+    redis.call("PEXPIRE", key, expire_ms)
+  end
+
+  -- Offline grace: the last device going offline is published only when the sweep finds the
+  -- user still offline after the grace; a return on the same platforms before then shows
+  -- nothing.
+  if grace > 0 and platforms == "" and old.p ~= "" then
+    if old.g == nil then
+      old.g = now + grace
+      redis.call("HSET", key, "g", string.format("%d", old.g))
+    end
+    return applied, ignored, false, old.g
+  end
+  if old.g ~= nil then
+    redis.call("HDEL", key, "g")
+    if platforms == old.p then
+      return applied, ignored, false, false
+    end
+  end
+  return applied, ignored, publish(key, channel, old, user_json, head, platforms), false
 end
 
--- Prune tombstones (model.prune), then write what changed.
-local cutoff = now - retention
-for device, rec in pairs(records) do
-  if not rec.on and rec.t < cutoff then
-    records[device] = nil
-    dirty[device] = nil
-    redis.call("HDEL", key, "d:" .. device)
+local out, o = {}, 0
+local a = 8
+for k = 1, #KEYS, 2 do
+  local user_json, n = ARGV[a], tonumber(ARGV[a + 1])
+  local first = a + 2
+  local last = first + 4 * n - 1
+  local applied, ignored, state, grace_end
+  if mode == "sweep" then
+    applied, ignored, state, grace_end = sweep(KEYS[k], KEYS[k + 1], user_json)
+  else
+    applied, ignored, state, grace_end = apply(KEYS[k], KEYS[k + 1], user_json, first, last)
   end
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4] = applied, ignored, state, grace_end
+  o = o + 4
+  a = last + 1
 end
-for device in pairs(dirty) do
-  redis.call("HSET", key, "d:" .. device, records[device].raw)
-end
-
-local head, platforms = aggregate()
--- Keep the key while a device is online; once all are offline, let it expire.
-if platforms ~= "" then
-  redis.call("PERSIST", key)
-else
-  redis.call("PEXPIRE", key, expire_ms)
-end
-
--- Offline grace: the last device going offline is published only when the sweep finds the
--- user still offline after the grace; a return on the same platforms before then shows nothing.
-if grace > 0 and platforms == "" and old.p ~= "" then
-  if old.g == nil then
-    old.g = now + grace
-    redis.call("HSET", key, "g", string.format("%d", old.g))
-  end
-  return { applied, ignored, false, old.g }
-end
-if old.g ~= nil then
-  redis.call("HDEL", key, "g")
-  if platforms == old.p then
-    return { applied, ignored, false, false }
-  end
-end
-return { applied, ignored, publish(head, platforms), false }
+return out

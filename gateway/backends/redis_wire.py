@@ -1,0 +1,366 @@
+"""Pre-encoded Redis commands over one shared connection per node, replies read in order.
+
+redis-py's pipeline costs ~100 µs of CPU per call (per-argument packing and encoding, a pooled
+connection checked out per call, a Task per timed write, observability hooks), and its Cluster
+client opens a connection per call in flight: past ``max_connections`` (100) per node it fails,
+and a failure closes the whole client under the other calls in flight (which then die inside
+redis-py with ``AttributeError: 'NoneType' object has no attribute 'writelines'``). So the store
+takes from redis-py only what it does once, the handshake of a connection (auth, TLS, db, unix
+socket) and the Cluster topology, and sends its own RESP:
+
+- a ``Lane`` is one connection to one node that every caller shares. A call appends its
+  commands (already encoded); the caller that finds no write in progress writes everything
+  pending in one write; one reader task hands the replies out in order. A connection that
+  fails, or leaves its oldest call unanswered past the timeout, fails every call on it; the
+  next call reconnects, one attempt at a time however many callers wait.
+- a ``Wire`` routes: standalone Redis is one lane; Redis Cluster one lane per primary, by hash
+  slot, following MOVED and ASK and re-reading the topology after a MOVED or a lost node.
+
+Error replies come back as exception values (``ResponseError`` and subclasses), in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS
+from redis.exceptions import AskError, MovedError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+MAX_REDIRECTS = 3
+
+
+def bulk(value: bytes) -> bytes:
+    """``value`` as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def command(*args: bytes) -> bytes:
+    """One RESP command."""
+    return b"*%d\r\n%b" % (len(args), b"".join([bulk(a) for a in args]))
+
+
+ASKING = command(b"ASKING")
+
+
+class _Call:
+    """Commands written (or about to be) on a lane, and the replies read for them so far."""
+
+    __slots__ = ("count", "deadline", "future", "replies")
+
+    def __init__(self, count: int, future: asyncio.Future[list[Any]], deadline: float) -> None:
+        self.count = count
+        self.future = future
+        self.deadline = deadline
+        self.replies: list[Any] = []
+
+
+class Lane:
+    """One connection to one Redis node, shared by every caller (see the module doc)."""
+
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[], AbstractConnection],
+        *,
+        timeout: float | None,
+        connect_timeout: float | None,
+    ) -> None:
+        self.name = name
+        self._make = make
+        self._timeout = timeout or None
+        # The handshake runs with no socket timeout (the lane reads without one): bound it.
+        self._connect_budget = (connect_timeout or 5.0) + (timeout or 5.0)
+        self._conn: AbstractConnection | None = None
+        self._epoch = 0  # bumped by every failure: stale writers and readers stand down
+        self._reader: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[AbstractConnection] | None = None
+        self._calls: collections.deque[_Call] = collections.deque()
+        self._outbox: list[bytes] = []
+        self._writing = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def call(self, packed: bytes, count: int) -> list[Any]:
+        """Send ``count`` encoded commands; return their ``count`` replies, in order.
+
+        Raises redis-py's ``ConnectionError`` or ``TimeoutError`` when the connection fails or
+        does not answer in time (the commands may or may not have run).
+        """
+        conn = self._conn
+        if conn is None:
+            conn = await self._connect()
+            if conn is not self._conn:
+                raise RedisConnectionError(f"connection to {self.name} lost")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        deadline = loop.time() + self._timeout if self._timeout else 0.0
+        self._calls.append(_Call(count, future, deadline))
+        self._outbox.append(packed)
+        if self._timer is None and self._timeout:
+            self._timer = loop.call_at(deadline, self._check)
+        if not self._writing:
+            await self._write(conn)
+        return await future
+
+    async def close(self) -> None:
+        """Fail the calls in flight and close the connection; a later call reconnects."""
+        reader, connecting = self._reader, self._connecting
+        self._fail(self._epoch, RedisConnectionError(f"connection to {self.name} closed"))
+        for task in (connecting, reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _write(self, conn: AbstractConnection) -> None:
+        """Write what is pending, and what piles up meanwhile, in as few writes as it takes."""
+        epoch = self._epoch
+        self._writing = True
+        try:
+            while self._outbox and epoch == self._epoch:
+                outbox = self._outbox
+                data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+                outbox.clear()
+                await conn.send_packed_command(data, check_health=False)
+        except asyncio.CancelledError:
+            # redis-py closes a connection whose write was interrupted: so does the lane
+            self._fail(epoch, RedisConnectionError(f"write to {self.name} interrupted"))
+            raise
+        except Exception as exc:
+            self._fail(epoch, exc)
+        finally:
+            if epoch == self._epoch:
+                self._writing = False
+
+    async def _read(self, conn: AbstractConnection, epoch: int) -> None:
+        """Hand each reply to the oldest call, until the connection fails or is closed."""
+        calls = self._calls
+        try:
+            while True:
+                try:
+                    reply = await conn.read_response()
+                except ResponseError as exc:  # an error reply: the stream is still in step
+                    reply = exc
+                if not calls:
+                    raise RedisConnectionError(f"{self.name} sent a reply nobody asked for")
+                call = calls[0]
+                call.replies.append(reply)
+                if len(call.replies) == call.count:
+                    calls.popleft()
+                    if not call.future.done():  # not cancelled
+                        call.future.set_result(call.replies)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(epoch, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+
+    def _check(self) -> None:
+        """The watchdog: fail the lane when its oldest call is past its deadline."""
+        self._timer = None
+        if not self._calls:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self._calls[0].deadline
+        if deadline <= loop.time():
+            self._fail(self._epoch, RedisTimeoutError(f"Timeout reading from {self.name}"))
+        else:
+            self._timer = loop.call_at(deadline, self._check)
+
+    def _fail(self, epoch: int, exc: BaseException) -> None:
+        """Drop the connection and fail every call on it (once per connection)."""
+        if epoch != self._epoch:
+            return
+        self._epoch += 1
+        self._conn = None
+        self._writing = False
+        self._outbox.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()  # its finally closes the connection
+        kind = RedisTimeoutError if isinstance(exc, RedisTimeoutError) else RedisConnectionError
+        reason = exc if isinstance(exc, RedisError) else f"{type(exc).__name__}: {exc}"
+        calls, self._calls = self._calls, collections.deque()
+        for call in calls:
+            if not call.future.done():
+                call.future.set_exception(kind(f"{self.name}: {reason}"))
+
+    async def _connect(self) -> AbstractConnection:
+        """The lane's connection, made by one attempt that every waiting caller shares."""
+        task = self._connecting
+        if task is None:
+            task = asyncio.create_task(self._open(), name=f"redis-connect {self.name}")
+            task.add_done_callback(self._opened)
+            self._connecting = task
+        return await asyncio.shield(task)
+
+    def _opened(self, task: asyncio.Task[AbstractConnection]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved, even when every waiter was cancelled
+
+    async def _open(self) -> AbstractConnection:
+        conn = self._make()
+        try:
+            async with asyncio.timeout(self._connect_budget):
+                await conn.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(f"Timeout connecting to {self.name}") from exc
+            raise
+        self._epoch += 1
+        self._conn = conn
+        self._reader = asyncio.create_task(
+            self._read(conn, self._epoch), name=f"redis-reader {self.name}"
+        )
+        return conn
+
+
+def lane_factory(
+    connection_class: type[AbstractConnection], kwargs: dict[str, Any]
+) -> Callable[[], AbstractConnection]:
+    """Connections as ``connection_class(**kwargs)`` makes them, in the lane's mode.
+
+    RESP2 (replies are plain values; nothing is pushed), raw bytes, no socket timeout (the lane
+    times its calls itself), and no retry (the store decides).
+    """
+    options = {
+        **kwargs,
+        "socket_timeout": None,
+        "retry": Retry(NoBackoff(), 0),
+        "protocol": 2,
+        "decode_responses": False,
+    }
+    return lambda: connection_class(**options)
+
+
+class Wire:
+    """The lanes of one redis-py client: one for standalone Redis, one per Cluster primary."""
+
+    def __init__(self, client: Redis | RedisCluster) -> None:
+        self.client = client
+        self.cluster = isinstance(client, RedisCluster)
+        self._lanes: dict[str, Lane] = {}
+        self._slots: list[str] = []  # Cluster: the primary's name for each hash slot
+        self._stale = True
+        self._refreshing: asyncio.Lock | None = None
+        if isinstance(client, Redis):
+            pool = client.connection_pool
+            self._timeout = pool.connection_kwargs.get("socket_timeout")
+            self._connect_timeout = pool.connection_kwargs.get("socket_connect_timeout")
+        else:
+            self._timeout = client.nodes_manager.connection_kwargs.get("socket_timeout")
+            self._connect_timeout = client.nodes_manager.connection_kwargs.get(
+                "socket_connect_timeout"
+            )
+
+    async def topology(self) -> list[str] | None:
+        """For Cluster, the name of the primary serving each hash slot; None for standalone."""
+        if not self.cluster:
+            return None
+        if self._stale:
+            await self._refresh()
+        return self._slots
+
+    async def primaries(self) -> list[str]:
+        """The names of every node that takes writes ("" alone for standalone)."""
+        if not self.cluster:
+            return [""]
+        if self._stale:
+            await self._refresh()
+        return sorted(set(self._slots))
+
+    async def run(self, node: str, commands: Sequence[bytes]) -> list[Any]:
+        """Run encoded ``commands`` on ``node`` in one write; their replies, in order.
+
+        One retry on a fresh connection when the connection failed (a stale connection after a
+        restart); none on a timeout. On Cluster a MOVED or ASK reply is followed to its node.
+        """
+        packed = commands[0] if len(commands) == 1 else b"".join(commands)
+        try:
+            replies = await self._lane(node).call(packed, len(commands))
+        except RedisConnectionError:
+            self._stale = self.cluster
+            replies = await self._lane(node).call(packed, len(commands))
+        if self.cluster:
+            for i, reply in enumerate(replies):
+                if isinstance(reply, AskError):  # MovedError is one too
+                    replies[i] = await self._follow(commands[i], reply)
+        return replies
+
+    async def close(self) -> None:
+        lanes, self._lanes = self._lanes, {}
+        for lane in lanes.values():
+            await lane.close()
+
+    async def _follow(self, cmd: bytes, reply: Any) -> Any:
+        """Run ``cmd`` where a MOVED or ASK reply sent it, as many times as it takes (few)."""
+        for _ in range(MAX_REDIRECTS):
+            if not isinstance(reply, AskError):
+                return reply
+            node = f"{reply.host}:{reply.port}"
+            if isinstance(reply, MovedError):
+                self._stale = True  # the slot moved for good: re-read the topology
+                [reply] = await self._lane(node).call(cmd, 1)
+            else:  # ASK: this one command, once, on the node importing the slot
+                [_, reply] = await self._lane(node).call(ASKING + cmd, 2)
+        return reply
+
+    def _lane(self, node: str) -> Lane:
+        lane = self._lanes.get(node)
+        if lane is None:
+            lane = self._lanes[node] = Lane(
+                node or "redis",
+                self._factory(node),
+                timeout=self._timeout,
+                connect_timeout=self._connect_timeout,
+            )
+        return lane
+
+    def _factory(self, node: str) -> Callable[[], AbstractConnection]:
+        client = self.client
+        if isinstance(client, Redis):
+            pool = client.connection_pool
+            return lane_factory(pool.connection_class, pool.connection_kwargs)
+        manager = client.nodes_manager
+        known = manager.nodes_cache.get(node)
+        if known is not None:
+            return lane_factory(known.connection_class, known.connection_kwargs)
+        host, _, port = node.rpartition(":")  # a node we were redirected to
+        kwargs = {**manager.connection_kwargs, "host": host, "port": int(port)}
+        return lane_factory(Connection, kwargs)
+
+    async def _refresh(self) -> None:
+        """Read the Cluster topology (once, however many callers want it)."""
+        assert isinstance(self.client, RedisCluster)
+        if self._refreshing is None:
+            self._refreshing = asyncio.Lock()
+        async with self._refreshing:
+            if not self._stale:
+                return
+            if self._slots:  # a refresh: the client knows the nodes already
+                await self.client.nodes_manager.initialize()
+            else:
+                await self.client.initialize()
+            manager = self.client.nodes_manager
+            self._slots = [
+                manager.get_node_from_slot(slot).name for slot in range(REDIS_CLUSTER_HASH_SLOTS)
+            ]
+            self._stale = False
