@@ -226,10 +226,17 @@ class Hub:
         frame = presence_frame(payload)
         if self._batch_start is None:
             self._batch_start = time.perf_counter()
-        dirty = self._dirty
+        dirty_add = self._dirty.add
         for session in watchers:
-            if session.deliver(user, v, frame):
-                dirty.add(session)
+            # Session.deliver's common case, inlined: this loop runs once per recipient
+            watching = session.watching
+            last = watching.get(user)
+            if last is not None and 0 <= last < v and not session.closed:
+                watching[user] = v
+                session.pending[user] = frame  # replaces an older unsent state
+                dirty_add(session)
+            elif last is not None and session.deliver(user, v, frame):
+                dirty_add(session)
         self.schedule_flush()
 
     def note_read(self, app: str, states: Iterable[UserState]) -> None:

@@ -164,7 +164,8 @@ class Session:
         self.claims: tokens.Claims | None = None
         self.watching: dict[str, int] = {}
         self.held: dict[str, tuple[int, bytes]] | None = None
-        self.pending: dict[str, tuple[int, bytes]] = {}
+        # the latest unsent presence frame per user; its v is watching[user]
+        self.pending: dict[str, bytes] = {}
         self.control: list[bytes] = []
         self.behind_since: float | None = None
         self.closed = False
@@ -346,7 +347,7 @@ class Session:
         if last != PENDING and state.v < last:
             return False
         if held is not None and held[0] > state.v:  # published after the read: send it next
-            self.pending[user] = held
+            self.pending[user] = held[1]
             self.watching[user] = held[0]
         else:
             self.pending.pop(user, None)  # anything queued is older: the state replaces it
@@ -371,7 +372,11 @@ class Session:
         self.hub.mark_dirty(self)
 
     def deliver(self, user: str, v: int, frame: bytes) -> bool:
-        """Queue a published state; True when the session has something new to flush."""
+        """Queue a published state; True when the session has something new to flush.
+
+        The hub inlines the common case (watched, not pending, newer) in its fan-out loop;
+        keep the two in step.
+        """
         last = self.watching.get(user)
         if last is None or self.closed:
             return False
@@ -385,7 +390,7 @@ class Session:
         if v <= last:
             return False
         self.watching[user] = v
-        self.pending[user] = (v, frame)
+        self.pending[user] = frame
         return True
 
     def resync(self, states: dict[Key, UserState]) -> bool:
@@ -428,7 +433,7 @@ class Session:
         frames = self.control
         if self.pending:
             self.hub.sent += len(self.pending)
-            frames += [frame for _, frame in self.pending.values()]
+            frames += self.pending.values()
             self.pending = {}
         if frames:
             self.control = []
