@@ -76,16 +76,43 @@ local function fmt(n)
 end
 
 local function encode_record(rec)
-  local ons = {}
-  for i, t in ipairs(rec.ons) do
-    ons[i] = fmt(t)
+  local ons, list = rec.ons, ""
+  if #ons == 1 then
+    list = fmt(ons[1])
+  elseif #ons > 1 then
+    local texts = {}
+    for i, t in ipairs(ons) do
+      texts[i] = fmt(t)
+    end
+    list = table.concat(texts, ";")
   end
-  return fmt(rec.t) .. "," .. (rec.on and "1" or "0") .. "," .. (rec.off and fmt(rec.off) or "")
-    .. "," .. table.concat(ons, ";") .. "," .. rec.p
+  -- The platform is appended, never formatted: "%s" would cut it at a NUL byte.
+  return string.format("%d,%s,%s,%s,", rec.t, rec.on and "1" or "0",
+    rec.off and fmt(rec.off) or "", list) .. rec.p
 end
 
 -- A record: { t, on, p, off (nil if none), ons (sorted array), raw (its encoding) }.
 local function decode_record(raw)
+  -- The form this script writes, in one match; anything else takes the general path below.
+  local t, on, off, ons = string.match(raw, "^(%d+),([01]),(%d*),([%d;]*),")
+  if t ~= nil then
+    local rec = {
+      t = tonumber(t),
+      on = on == "1",
+      p = string.sub(raw, #t + #off + #ons + 6),
+      raw = raw,
+      off = tonumber(off), -- nil for ""
+      ons = {},
+    }
+    if string.find(ons, ";", 1, true) == nil then
+      rec.ons[1] = tonumber(ons) -- stays empty for ""
+    else
+      for time in string.gmatch(ons, "%d+") do
+        rec.ons[#rec.ons + 1] = tonumber(time)
+      end
+    end
+    return rec
+  end
   local f, from = {}, 1
   for _ = 1, 4 do
     local comma = string.find(raw, ",", from, true)
@@ -175,8 +202,15 @@ local function trim(rec, floor)
 end
 
 -- cjson escapes "/" as "\/"; msgspec does not. Both decode alike; keep the bytes identical.
+-- Platform names repeat across the users of a call: each is encoded once per call.
+local json_strings = {}
 local function json_string(s)
-  return (string.gsub(cjson.encode(s), "\\/", "/"))
+  local encoded = json_strings[s]
+  if encoded == nil then
+    encoded = string.gsub(cjson.encode(s), "\\/", "/")
+    json_strings[s] = encoded
+  end
+  return encoded
 end
 
 -- One user's device records and what was published for it.
@@ -234,8 +268,9 @@ local function aggregate(records, user_json)
     .. ',"devices":[' .. table.concat(devices, ",") .. '],"v":', table.concat(names, ",")
 end
 
--- Publish ``head`` (a state up to "v") if it differs from the published state; the JSON or false.
-local function publish(key, channel, old, user_json, head, platforms)
+-- The state to publish from ``head`` (a state up to "v"), if it differs from the published
+-- one: the JSON and the fields that store it, else false.
+local function next_state(old, user_json, head, platforms)
   local previous = old.s
   if previous == nil then
     previous = '{"user":' .. user_json .. ',"status":"offline","since":null,"devices":[],"v":0}'
@@ -245,9 +280,14 @@ local function publish(key, channel, old, user_json, head, platforms)
   end
   local v = string.format("%d", math.max(old.v + 1, now)) -- model.next_version
   local state = head .. v .. "}"
-  redis.call("HSET", key, "s", state, "v", v, "p", platforms)
-  redis.call("SPUBLISH", channel, state)
-  return state
+  return state, { "s", state, "v", v, "p", platforms }
+end
+
+-- Write the fields in ``fields`` (name, value, name, value...): one HSET, or a few for many.
+local function hset(key, fields)
+  for i = 1, #fields, 256 do
+    redis.call("HSET", key, unpack(fields, i, math.min(i + 255, #fields)))
+  end
 end
 
 -- Sweep one user: publish its offline if its grace ended. Returns applied, ignored, state,
@@ -261,7 +301,12 @@ local function sweep(key, channel, user_json)
   end
   redis.call("HDEL", key, "g")
   local head, platforms = aggregate(records, user_json)
-  return 0, 0, publish(key, channel, old, user_json, head, platforms), false
+  local state, fields = next_state(old, user_json, head, platforms)
+  if state then
+    hset(key, fields)
+    redis.call("SPUBLISH", channel, state)
+  end
+  return 0, 0, state, false
 end
 
 -- Apply one user's events, ARGV[first..last]. Returns applied, ignored, state, grace_end.
@@ -292,44 +337,61 @@ local function apply(key, channel, user_json, first, last)
     return 0, ignored, false, old.g or false
   end
 
-  -- Prune tombstones (model.prune), then write what changed.
+  -- Prune tombstones (model.prune).
   local cutoff = now - retention
+  local gone = {}
   for device, rec in pairs(records) do
     if not rec.on and rec.t < cutoff then
       records[device] = nil
       dirty[device] = nil
-      redis.call("HDEL", key, "d:" .. device)
+      gone[#gone + 1] = "d:" .. device
     end
   end
+  local fields = {}
   for device in pairs(dirty) do
-    redis.call("HSET", key, "d:" .. device, records[device].raw)
+    fields[#fields + 1] = "d:" .. device
+    fields[#fields + 1] = records[device].raw
   end
 
+  -- What to publish. Offline grace: the last device going offline is published only when the
+  -- sweep finds the user still offline after the grace; a return on the same platforms before
+  -- then shows nothing.
   local head, platforms = aggregate(records, user_json)
-  -- Keep the key while a device is online; once all are offline, let it expire.
+  local state, grace_end, published = false, false, nil
+  if grace > 0 and platforms == "" and old.p ~= "" then
+    grace_end = old.g
+    if grace_end == nil then
+      grace_end = now + grace
+      fields[#fields + 1] = "g"
+      fields[#fields + 1] = fmt(grace_end)
+    end
+  else
+    if old.g ~= nil then
+      gone[#gone + 1] = "g"
+    end
+    if old.g == nil or platforms ~= old.p then
+      state, published = next_state(old, user_json, head, platforms)
+      for _, value in ipairs(published or {}) do
+        fields[#fields + 1] = value
+      end
+    end
+  end
+
+  -- Write it all, then the key's lifetime: kept while a device is online; once all are
+  -- offline, it expires.
+  for i = 1, #gone, 256 do
+    redis.call("HDEL", key, unpack(gone, i, math.min(i + 255, #gone)))
+  end
+  hset(key, fields)
   if platforms ~= "" then
     redis.call("PERSIST", key)
   else
     redis.call("PEXPIRE", key, expire_ms)
   end
-
-  -- Offline grace: the last device going offline is published only when the sweep finds the
-  -- user still offline after the grace; a return on the same platforms before then shows
-  -- nothing.
-  if grace > 0 and platforms == "" and old.p ~= "" then
-    if old.g == nil then
-      old.g = now + grace
-      redis.call("HSET", key, "g", string.format("%d", old.g))
-    end
-    return applied, ignored, false, old.g
+  if state then
+    redis.call("SPUBLISH", channel, state)
   end
-  if old.g ~= nil then
-    redis.call("HDEL", key, "g")
-    if platforms == old.p then
-      return applied, ignored, false, false
-    end
-  end
-  return applied, ignored, publish(key, channel, old, user_json, head, platforms), false
+  return applied, ignored, state, grace_end
 end
 
 local out, o = {}, 0
