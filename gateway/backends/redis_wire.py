@@ -8,9 +8,9 @@ redis-py with ``AttributeError: 'NoneType' object has no attribute 'writelines'`
 takes from redis-py only what it does once, the handshake of a connection (auth, TLS, db, unix
 socket) and the Cluster topology, and sends its own RESP:
 
-- a ``Lane`` is one connection to one node that every caller shares. A call appends its
-  commands (already encoded); the caller that finds no write in progress writes everything
-  pending in one write; one reader task hands the replies out in order. A connection that
+- a ``Lane`` is one connection to one node that every caller shares. A call queues its
+  commands (already encoded); one writer task writes everything queued in one write; one
+  reader task hands the replies out in order. A connection that
   fails, or leaves its oldest call unanswered past the timeout, fails every call on it; the
   next call reconnects, one attempt at a time however many callers wait.
 - a ``Wire`` routes: standalone Redis is one lane; Redis Cluster one lane per primary, by hash
@@ -83,10 +83,11 @@ class Lane:
         self._conn: AbstractConnection | None = None
         self._epoch = 0  # bumped by every failure: stale writers and readers stand down
         self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[None] | None = None  # the writer waits for calls on it
         self._connecting: asyncio.Task[AbstractConnection] | None = None
         self._calls: collections.deque[_Call] = collections.deque()
         self._outbox: list[bytes] = []
-        self._writing = False
         self._timer: asyncio.TimerHandle | None = None
 
     async def call(self, packed: bytes, count: int) -> list[Any]:
@@ -95,8 +96,7 @@ class Lane:
         Raises redis-py's ``ConnectionError`` or ``TimeoutError`` when the connection fails or
         does not answer in time (the commands may or may not have run).
         """
-        conn = self._conn
-        if conn is None:
+        if self._conn is None:
             conn = await self._connect()
             if conn is not self._conn:
                 raise RedisConnectionError(f"connection to {self.name} lost")
@@ -107,39 +107,43 @@ class Lane:
         self._outbox.append(packed)
         if self._timer is None and self._timeout:
             self._timer = loop.call_at(deadline, self._check)
-        if not self._writing:
-            await self._write(conn)
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            idle.set_result(None)
         return await future
 
     async def close(self) -> None:
         """Fail the calls in flight and close the connection; a later call reconnects."""
-        reader, connecting = self._reader, self._connecting
+        tasks = (self._connecting, self._writer, self._reader)
         self._fail(self._epoch, RedisConnectionError(f"connection to {self.name} closed"))
-        for task in (connecting, reader):
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _write(self, conn: AbstractConnection) -> None:
-        """Write what is pending, and what piles up meanwhile, in as few writes as it takes."""
-        epoch = self._epoch
-        self._writing = True
+    async def _write(self, conn: AbstractConnection, epoch: int) -> None:
+        """Write what callers queued, all of it at once, whenever there is some.
+
+        A call queues its commands and wakes this task, which runs once the callers that are
+        ready in the same turn of the event loop have queued theirs too: under load, many
+        calls share one write (and Redis one read).
+        """
+        loop = asyncio.get_running_loop()
+        outbox = self._outbox
         try:
-            while self._outbox and epoch == self._epoch:
-                outbox = self._outbox
+            while True:
+                if not outbox:
+                    self._idle = loop.create_future()
+                    await self._idle
                 data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
                 outbox.clear()
                 await conn.send_packed_command(data, check_health=False)
         except asyncio.CancelledError:
-            # redis-py closes a connection whose write was interrupted: so does the lane
-            self._fail(epoch, RedisConnectionError(f"write to {self.name} interrupted"))
             raise
         except Exception as exc:
             self._fail(epoch, exc)
-        finally:
-            if epoch == self._epoch:
-                self._writing = False
 
     async def _read(self, conn: AbstractConnection, epoch: int) -> None:
         """Hand each reply to the oldest call, until the connection fails or is closed."""
@@ -184,14 +188,16 @@ class Lane:
             return
         self._epoch += 1
         self._conn = None
-        self._writing = False
         self._outbox.clear()
+        self._idle = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        reader, self._reader = self._reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()  # its finally closes the connection
+        current = asyncio.current_task()
+        for task in (self._reader, self._writer):
+            if task is not None and task is not current:
+                task.cancel()  # the reader's finally closes the connection
+        self._reader = self._writer = None
         kind = RedisTimeoutError if isinstance(exc, RedisTimeoutError) else RedisConnectionError
         reason = exc if isinstance(exc, RedisError) else f"{type(exc).__name__}: {exc}"
         calls, self._calls = self._calls, collections.deque()
@@ -229,6 +235,9 @@ class Lane:
         self._conn = conn
         self._reader = asyncio.create_task(
             self._read(conn, self._epoch), name=f"redis-reader {self.name}"
+        )
+        self._writer = asyncio.create_task(
+            self._write(conn, self._epoch), name=f"redis-writer {self.name}"
         )
         return conn
 
