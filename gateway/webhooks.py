@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 
+from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.backends.base import PresenceStore
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.providers.base import Provider, Reply, WebhookRejected, WebhookRequest
+from gateway.providers.base import (
+    Provider,
+    Reply,
+    WebhookRejected,
+    WebhookRequest,
+    parse_query,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +46,43 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def to_response(reply: Reply) -> Response:
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+
+class _ProviderMetrics:
+    """One provider's labelled metrics, looked up once rather than on every webhook."""
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self._webhooks = metrics.webhooks
+        self._name = name
+        self.outcomes: dict[str, Counter] = {}
+        self.seconds: Histogram = metrics.webhook_seconds.labels(name)
+        self.unused: Counter = metrics.events_unused.labels(name)
+
+    def outcome(self, outcome: str) -> Counter:
+        child = self.outcomes.get(outcome)
+        if child is None:
+            child = self.outcomes[outcome] = self._webhooks.labels(self._name, outcome)
+        return child
+
+
+_children: weakref.WeakKeyDictionary[Metrics, dict[str, _ProviderMetrics]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _provider_metrics(metrics: Metrics, name: str) -> _ProviderMetrics:
+    per_provider = _children.get(metrics)
+    if per_provider is None:
+        per_provider = _children[metrics] = {}
+    found = per_provider.get(name)
+    if found is None:
+        found = per_provider[name] = _ProviderMetrics(metrics, name)
+    return found
 
 
 async def handle(
@@ -55,6 +95,7 @@ async def handle(
     """Run one webhook through its provider and the store."""
     started = time.perf_counter()
     name = provider.name
+    counted = _provider_metrics(metrics, name)
     outcome = "ok"
     try:
         try:
@@ -62,13 +103,15 @@ async def handle(
         except BodyTooLarge:
             outcome = "too_large"
             return to_response(provider.error(413, "body over 1 MiB"))
-        rest = request.path_params.get("rest", "")
+        scope = request.scope
+        rest = scope.get("path_params", {}).get("rest", "")
+        client = scope.get("client")
         req = WebhookRequest(
-            path=tuple(s for s in rest.split("/") if s),  # Starlette already decoded it
-            query=tuple(request.query_params.multi_items()),
-            headers={k.lower(): v for k, v in request.headers.items()},
+            path=tuple(s for s in rest.split("/") if s) if rest else (),  # already decoded
+            query=parse_query(scope["query_string"]),
+            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
             body=body,
-            client_ip=request.client.host if request.client else None,
+            client_ip=client[0] if client else None,
             now_ms=time.time_ns() // 1_000_000,
         )
         try:
@@ -78,7 +121,7 @@ async def handle(
             log.info("webhook %s/%s rejected: %s %s", app_id, name, exc.status, exc.reason)
             return to_response(provider.error(exc.status, exc.reason))
         if parsed.unused:
-            metrics.events_unused.labels(name).inc(parsed.unused)
+            counted.unused.inc(parsed.unused)
         if parsed.events:
             try:
                 result = await store.apply(app_id, parsed.events)
@@ -90,10 +133,13 @@ async def handle(
                 outcome = "error"
                 log.exception("webhook %s/%s: apply failed", app_id, name)
                 return to_response(provider.error(500, "internal error, retry later"))
-            metrics.events_applied.inc(result.applied)
-            metrics.events_ignored.inc(result.ignored)
-            metrics.states_published.inc(len(result.published))
+            if result.applied:
+                metrics.events_applied.inc(result.applied)
+            if result.ignored:
+                metrics.events_ignored.inc(result.ignored)
+            if result.published:
+                metrics.states_published.inc(len(result.published))
         return to_response(provider.ok())
     finally:
-        metrics.webhooks.labels(name, outcome).inc()
-        metrics.webhook_seconds.labels(name).observe(time.perf_counter() - started)
+        counted.outcome(outcome).inc()
+        counted.seconds.observe(time.perf_counter() - started)

@@ -6,6 +6,9 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.datastructures import QueryParams
 
 from gateway.backends.base import PresenceSettings
 from gateway.errors import GatewayError
@@ -20,6 +23,8 @@ from gateway.providers.base import (
     event,
     ip_allowed,
     parse_networks,
+    parse_query,
+    query_value,
     same_secret,
 )
 from gateway.providers.openim import OpenIMConfig
@@ -205,3 +210,21 @@ def test_clip_caps_long_text() -> None:
     """clip() leaves short text alone and cuts long text to the limit."""
     assert clip("short") == "short"
     assert len(clip("x" * 500, 50)) == 50
+
+
+QUERY_PIECES = st.sampled_from(["a", "B", "=", "&", "+", "%", "%2", "%2F", "%C3%A9", "%E9", "é"])
+
+
+@given(raw=st.lists(QUERY_PIECES).map("".join).map(str.encode) | st.binary())
+def test_parse_query_reads_like_starlette(raw: bytes) -> None:
+    """parse_query gives exactly Starlette's QueryParams(raw).multi_items(), for any bytes."""
+    assert parse_query(raw) == tuple(QueryParams(raw).multi_items())
+
+
+def test_query_value_takes_the_first_match_folding_case_on_request() -> None:
+    """query_value returns the first value under any of the names; fold ignores case."""
+    req = request(query=parse_query(b"sign=a&Sign=b&x=1"))
+    assert query_value(req, "Sign") == "b"
+    assert query_value(req, "Sign", fold=True) == "a"
+    assert query_value(req, "y", "X", fold=True) == "1"
+    assert query_value(req, "y") is None

@@ -27,6 +27,7 @@ from gateway.providers.base import (
 )
 
 COMMAND = "online_status"
+_OK = Reply(200, json_encoder.encode({"code": 200}))
 _SECONDS_BELOW = 10**11  # a timestamp under this is in seconds (10**11 ms is in 1973)
 _STATUS = {"0": (True, ""), "1": (False, "offline"), "2": (False, "logout")}
 
@@ -118,7 +119,7 @@ class RongCloudProvider(Provider):
         return parsed
 
     def ok(self) -> Reply:
-        return Reply(200, json_encoder.encode({"code": 200}))
+        return _OK
 
     def error(self, status: int, reason: str) -> Reply:
         return Reply(status, json_encoder.encode({"code": status, "error": reason}))

@@ -29,6 +29,7 @@ from gateway.providers.base import (
 )
 
 COMMAND = "State.StateChange"
+_OK = Reply(200, json_encoder.encode({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}))
 MAX_SKEW_S = 60  # Tencent's advice for RequestTime
 
 
@@ -122,9 +123,7 @@ class TencentProvider(Provider):
         return Parsed(events=events, command=COMMAND)
 
     def ok(self) -> Reply:
-        return Reply(
-            200, json_encoder.encode({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""})
-        )
+        return _OK
 
     def error(self, status: int, reason: str) -> Reply:
         body = {"ActionStatus": "FAIL", "ErrorCode": 1, "ErrorInfo": reason}
