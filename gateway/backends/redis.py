@@ -411,14 +411,20 @@ class RedisStore:
         keys = [f"{self.prefix}:u:{{{tag}}}".encode() for tag, _, _ in users]
         groups = await self._groups(keys)
         head = bulk(mode) + bulk(b"%d" % now) + self._windows
+        skip = len(self.prefix) + 3  # the channel is the key with ":c:" for ":u:"
+        channel = self.prefix.encode() + b":c:"
         calls = []
         for node, idx in groups:
             keyparts: list[bytes] = []
             argv: list[bytes] = [head]
+            events = 0
             for i in idx:
-                tag, user, evs = users[i]
-                keyparts += (bulk(keys[i]), bulk(f"{self.prefix}:c:{{{tag}}}".encode()))
-                argv += (bulk(_json.encode(user)), bulk(b"%d" % len(evs)))
+                _, user, evs = users[i]
+                key, name, count = keys[i], _json.encode(user), b"%d" % len(evs)
+                chan = channel + key[skip:]
+                keyparts.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(chan), chan))
+                argv.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(name), name, len(count), count))
+                events += len(evs)
                 for ev in evs:
                     device, time = ev.device.encode(), b"%d" % ev.time
                     argv += (
@@ -426,7 +432,7 @@ class RedisStore:
                         _ONLINE if ev.online else _OFFLINE,
                         _platform(ev.platform),
                     )
-            nargs = 3 + 2 * len(idx) + 7 + 2 * len(idx) + 4 * sum(len(users[i][2]) for i in idx)
+            nargs = 3 + 2 * len(idx) + 7 + 2 * len(idx) + 4 * events
             calls.append(
                 (
                     node,
@@ -434,7 +440,7 @@ class RedisStore:
                     % (
                         nargs,
                         APPLY.head,
-                        bulk(b"%d" % len(keyparts)),
+                        bulk(b"%d" % (2 * len(keyparts))),
                         b"".join(keyparts),
                         b"".join(argv),
                     ),

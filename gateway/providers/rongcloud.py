@@ -11,8 +11,9 @@ import hashlib
 
 import msgspec
 
-from gateway.model import normalize_platform
+from gateway.model import PresenceEvent, normalize_platform
 from gateway.providers.base import (
+    MAX_ID_LENGTH,
     Millis,
     Parsed,
     Provider,
@@ -106,16 +107,27 @@ class RongCloudProvider(Provider):
         decoded: list[_Event] | _Event = decode(req.body, list[_Event] | _Event)
         items = decoded if isinstance(decoded, list) else [decoded]
         parsed = Parsed(command=COMMAND)
+        events = parsed.events
+        platforms: dict[str, str] = {}  # a batch repeats a few os names
         for item in items:
-            state = _STATUS.get(str(item.status).strip())
+            status = item.status
+            state = _STATUS.get(status) if isinstance(status, str) else None
+            if state is None:
+                state = _STATUS.get(str(status).strip())
             if state is None:
                 parsed.unused += 1
                 continue
             online, reason = state
-            device = item.session_id or item.os
+            user, os_name = item.userid, item.os
+            device = item.session_id or os_name
             time = req.now_ms if item.time is None else item.time
-            platform = normalize_platform(item.os)
-            parsed.events.append(event(item.userid, device, platform, online, time, reason))
+            platform = platforms.get(os_name)
+            if platform is None:
+                platform = platforms[os_name] = normalize_platform(os_name)
+            if 0 < len(user) <= MAX_ID_LENGTH and 0 < len(device) <= MAX_ID_LENGTH:
+                events.append(PresenceEvent(user, device, platform, online, time, reason))
+            else:
+                events.append(event(user, device, platform, online, time, reason))  # raises a 400
         return parsed
 
     def ok(self) -> Reply:
