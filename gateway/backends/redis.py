@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
@@ -211,6 +211,17 @@ def _wire(client: Redis | RedisCluster) -> Wire:
     return wire
 
 
+_User = tuple[int, str, str, Sequence[PresenceEvent]]
+"""A user in an apply.lua call: now (ms), tag, user id, events (none to sweep)."""
+
+
+class _Queued(NamedTuple):
+    """An apply waiting for its turn's script call: its users, and the future of their replies."""
+
+    users: list[_User]
+    future: asyncio.Future[list[list[Any]]]
+
+
 class RedisStore:
     """The presence map in Redis (standalone or Cluster); see the module doc for the layout.
 
@@ -241,7 +252,9 @@ class RedisStore:
             settings.offline_grace_ms,
             MAX_ONLINE_TIMES,
         )
-        self._windows = b"".join(bulk(b"%d" % n) for n in windows)  # apply.lua's ARGV[3..7]
+        self._windows = b"".join(bulk(b"%d" % n) for n in windows)  # apply.lua's ARGV[2..6]
+        self._queue: list[_Queued] = []  # applies waiting for the next call (see _queued)
+        self._senders: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @classmethod
@@ -287,11 +300,11 @@ class RedisStore:
         result = ApplyResult(published=[])
         if not by_user:
             return result
-        users = [(user_tag(app, user), user, evs) for user, evs in by_user.items()]
+        users: list[_User] = [(now, user_tag(app, u), u, evs) for u, evs in by_user.items()]
         waiting: dict[bytes, int] = {}
         with unavailable("apply"):
-            replies = await self._run_users(b"apply", now, users)
-            for (tag, _, _), (applied, ignored, state, grace_end) in zip(
+            replies = await self._queued(users)
+            for (_, tag, _, _), (applied, ignored, state, grace_end) in zip(
                 users, replies, strict=True
             ):
                 result.applied += applied
@@ -333,8 +346,8 @@ class RedisStore:
                 users = []
                 for tag, _ in due:
                     app, user = parse_tag(tag) or ("", "")
-                    users.append((user_tag(app, user), user, ()))
-                replies = await self._run_users(b"sweep", now, users)
+                    users.append((now, user_tag(app, user), user, ()))
+                replies = await self._run_users(b"sweep", users)
                 still: dict[bytes, int] = {}
                 done: list[bytes] = []
                 for (tag, score), (_, _, state, grace_end) in zip(due, replies, strict=True):
@@ -396,21 +409,60 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
+        senders = list(self._senders)
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
         await self._wire.close()
         await self.client.aclose()
 
     # the calls
 
-    async def _run_users(
-        self, mode: bytes, now: int, users: Sequence[tuple[str, str, Sequence[PresenceEvent]]]
-    ) -> list[list[Any]]:
-        """Run apply.lua for ``users`` (tag, user id, events), one call per node and slot.
+    async def _queued(self, users: list[_User]) -> list[list[Any]]:
+        """Run ``users`` with those of every apply made in the same turn of the event loop.
+
+        Concurrent webhooks (Tencent sends one event per request) then share one script call
+        and one reply instead of paying for one each: each user's events are still merged in
+        one atomic step, in the order the applies were made. If the call fails, every apply
+        in it fails.
+        """
+        future: asyncio.Future[list[list[Any]]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(users, future))
+        if len(self._queue) == 1:  # the first this turn: send once the others have queued
+            task = asyncio.create_task(self._send_queued(), name="redis-apply")
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+        return await future
+
+    async def _send_queued(self) -> None:
+        queued, self._queue = self._queue, []
+        try:
+            replies = await self._run_users(b"apply", [u for q in queued for u in q.users])
+        except BaseException as exc:
+            for q in queued:
+                if not q.future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        q.future.set_exception(RedisConnectionError("store closed"))
+                    else:
+                        q.future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        start = 0
+        for q in queued:
+            end = start + len(q.users)
+            if not q.future.done():  # not cancelled
+                q.future.set_result(replies[start:end])
+            start = end
+
+    async def _run_users(self, mode: bytes, users: Sequence[_User]) -> list[list[Any]]:
+        """Run apply.lua for ``users`` (now, tag, user id, events), a call per node and slot.
 
         Returns each user's 4 values, in the order of ``users``.
         """
-        keys = [f"{self.prefix}:u:{{{tag}}}".encode() for tag, _, _ in users]
+        keys = [f"{self.prefix}:u:{{{tag}}}".encode() for _, tag, _, _ in users]
         groups = await self._groups(keys)
-        head = bulk(mode) + bulk(b"%d" % now) + self._windows
+        head = bulk(mode) + self._windows
         skip = len(self.prefix) + 3  # the channel is the key with ":c:" for ":u:"
         channel = self.prefix.encode() + b":c:"
         calls = []
@@ -419,11 +471,15 @@ class RedisStore:
             argv: list[bytes] = [head]
             events = 0
             for i in idx:
-                _, user, evs = users[i]
-                key, name, count = keys[i], _json.encode(user), b"%d" % len(evs)
+                now, _, user, evs = users[i]
+                key, name = keys[i], _json.encode(user)
+                clock, count = b"%d" % now, b"%d" % len(evs)
                 chan = channel + key[skip:]
                 keyparts.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(chan), chan))
-                argv.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(name), name, len(count), count))
+                argv.append(
+                    b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+                    % (len(name), name, len(clock), clock, len(count), count)
+                )
                 events += len(evs)
                 for ev in evs:
                     device, time = ev.device.encode(), b"%d" % ev.time
@@ -432,7 +488,7 @@ class RedisStore:
                         _ONLINE if ev.online else _OFFLINE,
                         _platform(ev.platform),
                     )
-            nargs = 3 + 2 * len(idx) + 7 + 2 * len(idx) + 4 * events
+            nargs = 3 + 2 * len(idx) + 6 + 3 * len(idx) + 4 * events
             calls.append(
                 (
                     node,

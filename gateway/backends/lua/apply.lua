@@ -22,27 +22,27 @@
 -- KEYS[2i]    user i's shard channel. Not a key: declared because it carries the same hash
 --            tag, so cluster routing and the script's slot check cover the SPUBLISH too.
 -- ARGV[1]  mode: "apply" (merge the events) or "sweep" (publish the offline if the grace ended)
--- ARGV[2]  now_ms (the caller's clock)
--- ARGV[3]  max_event_age_ms: events with |now - time| above it are ignored
--- ARGV[4]  session_retention_ms: offline records older than now - retention are pruned
--- ARGV[5]  expire_ms: the key's TTL once every device is offline
--- ARGV[6]  offline_grace_ms (0: publish offlines at once)
--- ARGV[7]  max_online_times: the most online times a record keeps (model.MAX_ONLINE_TIMES)
--- ARGV[8..] per user, in KEYS order: the user id as a JSON string literal (encoded by the
---           caller, byte-equal to msgspec); n, its number of events (0 to sweep); then its n
---           events, 4 values each, in arrival order: device, time, online (1|0), platform
+-- ARGV[2]  max_event_age_ms: events with |now - time| above it are ignored
+-- ARGV[3]  session_retention_ms: offline records older than now - retention are pruned
+-- ARGV[4]  expire_ms: the key's TTL once every device is offline
+-- ARGV[5]  offline_grace_ms (0: publish offlines at once)
+-- ARGV[6]  max_online_times: the most online times a record keeps (model.MAX_ONLINE_TIMES)
+-- ARGV[7..] per user, in KEYS order: the user id as a JSON string literal (encoded by the
+--           caller, byte-equal to msgspec); now_ms, the caller's clock for this user (a call
+--           may carry users of several webhooks); n, its number of events (0 to sweep); then
+--           its n events, 4 values each, in arrival order: device, time, online (1|0), platform
 --
 -- Returns 4 values per user, in KEYS order: applied, ignored, state, grace_end. state is the
 -- published JSON or nil; grace_end is set while the user's offline waits out the grace (the
 -- caller indexes it for the sweep).
 
 local mode = ARGV[1]
-local now = tonumber(ARGV[2])
-local max_age = tonumber(ARGV[3])
-local retention = tonumber(ARGV[4])
-local expire_ms = ARGV[5]
-local grace = tonumber(ARGV[6])
-local cap = tonumber(ARGV[7])
+local now -- per user: see the loop at the end
+local max_age = tonumber(ARGV[2])
+local retention = tonumber(ARGV[3])
+local expire_ms = ARGV[4]
+local grace = tonumber(ARGV[5])
+local cap = tonumber(ARGV[6])
 
 -- Byte order of two strings: Python's str order for UTF-8. Lua's "<" on strings uses the
 -- server's collation locale, which may differ.
@@ -395,10 +395,11 @@ local function apply(key, channel, user_json, first, last)
 end
 
 local out, o = {}, 0
-local a = 8
+local a = 7
 for k = 1, #KEYS, 2 do
-  local user_json, n = ARGV[a], tonumber(ARGV[a + 1])
-  local first = a + 2
+  local user_json, n = ARGV[a], tonumber(ARGV[a + 2])
+  now = tonumber(ARGV[a + 1])
+  local first = a + 3
   local last = first + 4 * n - 1
   local applied, ignored, state, grace_end
   if mode == "sweep" then
