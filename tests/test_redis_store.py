@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,6 +17,7 @@ from redis.crc import key_slot
 
 from gateway.backends.base import PresenceSettings
 from gateway.backends.redis import (
+    MAX_USERS_PER_CALL,
     RedisStore,
     decode_record,
     encode_record,
@@ -22,8 +25,9 @@ from gateway.backends.redis import (
     user_channel,
     user_key,
 )
+from gateway.backends.redis_wire import command
 from gateway.errors import StoreUnavailable
-from gateway.model import DeviceRecord, DeviceView, PresenceEvent, UserState
+from gateway.model import DeviceRecord, DeviceView, PresenceEvent, UserState, state_encoder
 from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -238,5 +242,87 @@ async def test_retried_webhook_reindexes_a_lost_grace(redis_url: str, raw: Redis
         assert await store.sweep(NOW + 5000) == 1
         assert (await store.get("app", ["bob"]))[0].status == "offline"
         assert await raw.zcard(f"{store.prefix}:grace") == 0
+    finally:
+        await store.close()
+
+
+async def evalsha_calls(raw: Redis) -> int:
+    stats = await raw.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_batch_of_users_is_one_script_call(store: RedisStore, raw: Redis) -> None:
+    """On standalone Redis a webhook's users go in one EVALSHA (up to MAX_USERS_PER_CALL)."""
+    before = await evalsha_calls(raw)
+    users = [f"u{i}" for i in range(MAX_USERS_PER_CALL)]
+    result = await store.apply("app", [on(u, "d", NOW - i) for i, u in enumerate(users)], NOW)
+    assert result.applied == len(users) and len(result.published) == len(users)
+    assert await evalsha_calls(raw) == before + 1
+    more = [on(f"v{i}", "d", NOW) for i in range(MAX_USERS_PER_CALL + 1)]
+    await store.apply("app", more, NOW)
+    assert await evalsha_calls(raw) == before + 3  # split, one write still
+
+
+async def test_cancelled_call_leaves_later_replies_in_step(store: RedisStore) -> None:
+    """A caller cancelled while its reply is due does not shift the replies of later calls."""
+    await store.apply("app", [on("amy", "d", NOW), on("bob", "d", NOW - 1)], NOW)
+    for _ in range(20):
+        task = asyncio.create_task(store.get("app", ["amy"]))
+        await asyncio.sleep(0)  # sent, not answered yet
+        task.cancel()
+        [bob] = await store.get("app", ["bob"])
+        assert bob.since == NOW - 1
+
+
+async def test_unexpected_client_error_is_store_unavailable(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-Redis exception from below the store (a redis-py bug) surfaces as StoreUnavailable."""
+
+    async def broken(*args: Any) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    monkeypatch.setattr(store._wire, "run", broken)
+    with pytest.raises(StoreUnavailable, match="AttributeError"):
+        await store.get("app", ["bob"])
+    with pytest.raises(StoreUnavailable, match="AttributeError"):
+        await store.apply("app", [on("bob", "d1", NOW)], NOW)
+
+
+@pytest.mark.cluster
+async def test_cluster_takes_many_concurrent_calls(redis_cluster_url: str) -> None:
+    """Hundreds of concurrent gets on Cluster all succeed (redis-py's pool failed past 100)."""
+    store = RedisStore.from_url(
+        redis_cluster_url,
+        cluster=True,
+        settings=PresenceSettings(),
+        prefix=f"t{uuid.uuid4().hex[:12]}",
+    )
+    try:
+        await store.apply("app", [on(f"u{i}", "d", NOW - i) for i in range(50)], NOW)
+        asked = [f"u{i}" for i in range(50)]
+        results = await asyncio.gather(*(store.get("app", asked) for _ in range(300)))
+        assert all([s.since for s in states] == [NOW - i for i in range(50)] for states in results)
+    finally:
+        await store.close()
+
+
+@pytest.mark.cluster
+async def test_cluster_follows_moved(redis_cluster_url: str) -> None:
+    """A command sent to a node that does not serve its slot is followed to the one that does."""
+    store = RedisStore.from_url(
+        redis_cluster_url,
+        cluster=True,
+        settings=PresenceSettings(),
+        prefix=f"t{uuid.uuid4().hex[:12]}",
+    )
+    try:
+        published = (await store.apply("app", [on("bob", "d1", NOW)], NOW)).published
+        key = store.key("app", "bob").encode()
+        slots = await store._wire.topology()
+        assert slots is not None
+        wrong = next(node for node in set(slots) if node != slots[key_slot(key)])
+        [state] = await store._wire.run(wrong, [command(b"HGET", key, b"s")])
+        assert state == state_encoder.encode(published[0])
     finally:
         await store.close()

@@ -485,3 +485,26 @@ async def test_concurrent_sweeps_publish_each_offline_once(backend: Backend) -> 
     assert sum(counts) == len(users)
     assert {s.status for s in await store.get(app, users)} == {"offline"}
     assert await store.sweep(now_ms=NOW + 1 + 2 * GRACE) == 0
+
+
+async def test_concurrent_applies_each_get_their_own_result(store: PresenceStore) -> None:
+    """Applies made at once (which Redis may send as one call) each return their own states."""
+    app = new_app()
+    users = [f"c{i}" for i in range(40)]
+    results = await asyncio.gather(
+        *(store.apply(app, [on(u, "d", "ios", NOW - i)], now_ms=NOW) for i, u in enumerate(users))
+    )
+    for i, (user, result) in enumerate(zip(users, results, strict=True)):
+        assert (result.applied, result.ignored) == (1, 0)
+        assert result.published == [
+            UserState(user, "online", NOW - i, [DeviceView("ios", NOW - i)], NOW)
+        ]
+    # One user, many changes at once: every state published once, versions all distinct.
+    flips = [(on if i % 2 == 0 else off)("bob", "d", "ios", NOW + i) for i in range(20)]
+    results = await asyncio.gather(*(store.apply(app, [ev], now_ms=NOW + 20) for ev in flips))
+    published = [s for r in results for s in r.published]
+    assert sum(r.applied for r in results) == 20
+    assert len({s.v for s in published}) == len(published)
+    last = max(published, key=lambda s: s.v)
+    assert (last.status, last.since) == ("offline", NOW + 19)
+    assert await store.get(app, ["bob"]) == [last]
