@@ -247,8 +247,9 @@ def lane_factory(
 ) -> Callable[[], AbstractConnection]:
     """Connections as ``connection_class(**kwargs)`` makes them, in the lane's mode.
 
-    RESP2 (replies are plain values; nothing is pushed), raw bytes, no socket timeout (the lane
-    times its calls itself), and no retry (the store decides).
+    RESP2 (replies are plain values; nothing is pushed, so no maintenance notifications, which
+    redis-py refuses on RESP2 without hiredis), raw bytes, no socket timeout (the lane times
+    its calls itself), and no retry (the store decides).
     """
     options = {
         **kwargs,
@@ -257,6 +258,8 @@ def lane_factory(
         "protocol": 2,
         "decode_responses": False,
     }
+    if "maint_notifications_config" in options:
+        options["maint_notifications_config"] = None
     return lambda: connection_class(**options)
 
 
