@@ -255,6 +255,7 @@ class RedisStore:
         self._windows = b"".join(bulk(b"%d" % n) for n in windows)  # apply.lua's ARGV[2..6]
         self._queue: list[_Queued] = []  # applies waiting for the next call (see _queued)
         self._senders: set[asyncio.Task[None]] = set()
+        self._applying = 0  # apply calls sent and not answered yet
         self._closed = False
 
     @classmethod
@@ -424,8 +425,14 @@ class RedisStore:
         Concurrent webhooks (Tencent sends one event per request) then share one script call
         and one reply instead of paying for one each: each user's events are still merged in
         one atomic step, in the order the applies were made. If the call fails, every apply
-        in it fails.
+        in it fails. With no apply in flight there is nobody to wait for: it goes at once.
         """
+        if not self._queue and not self._applying:  # nothing to share a call with
+            self._applying += 1
+            try:
+                return await self._run_users(b"apply", users)
+            finally:
+                self._applying -= 1
         future: asyncio.Future[list[list[Any]]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(users, future))
         if len(self._queue) == 1:  # the first this turn: send once the others have queued
@@ -436,6 +443,7 @@ class RedisStore:
 
     async def _send_queued(self) -> None:
         queued, self._queue = self._queue, []
+        self._applying += 1
         try:
             replies = await self._run_users(b"apply", [u for q in queued for u in q.users])
         except BaseException as exc:
@@ -448,6 +456,8 @@ class RedisStore:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        finally:
+            self._applying -= 1
         start = 0
         for q in queued:
             end = start + len(q.users)

@@ -8,9 +8,10 @@ redis-py with ``AttributeError: 'NoneType' object has no attribute 'writelines'`
 takes from redis-py only what it does once, the handshake of a connection (auth, TLS, db, unix
 socket) and the Cluster topology, and sends its own RESP:
 
-- a ``Lane`` is one connection to one node that every caller shares. A call queues its
-  commands (already encoded); one writer task writes everything queued in one write; one
-  reader task hands the replies out in order. A connection that
+- a ``Lane`` is one connection to one node that every caller shares. A call on a quiet lane
+  writes its commands (already encoded) at once; while calls are in flight, later ones queue
+  and one writer task writes everything queued in one write; one reader task hands the
+  replies out in order. A connection that
   fails, or leaves its oldest call unanswered past the timeout, fails every call on it; the
   next call reconnects, one attempt at a time however many callers wait.
 - a ``Wire`` routes: standalone Redis is one lane; Redis Cluster one lane per primary, by hash
@@ -96,21 +97,35 @@ class Lane:
         Raises redis-py's ``ConnectionError`` or ``TimeoutError`` when the connection fails or
         does not answer in time (the commands may or may not have run).
         """
-        if self._conn is None:
+        conn = self._conn
+        if conn is None:
             conn = await self._connect()
             if conn is not self._conn:
                 raise RedisConnectionError(f"connection to {self.name} lost")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         deadline = loop.time() + self._timeout if self._timeout else 0.0
+        quiet = not self._calls  # nothing queued or in flight: no write to share
         self._calls.append(_Call(count, future, deadline))
-        self._outbox.append(packed)
         if self._timer is None and self._timeout:
             self._timer = loop.call_at(deadline, self._check)
-        idle = self._idle
-        if idle is not None:
-            self._idle = None
-            idle.set_result(None)
+        if quiet:
+            # Write now rather than wake the writer for the next turn. Only when quiet: a
+            # failed or interrupted write then fails this call alone.
+            epoch = self._epoch
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+            except asyncio.CancelledError:
+                self._fail(epoch, RedisConnectionError(f"write to {self.name} interrupted"))
+                raise
+            except Exception as exc:
+                self._fail(epoch, exc)
+        else:
+            self._outbox.append(packed)
+            idle = self._idle
+            if idle is not None:
+                self._idle = None
+                idle.set_result(None)
         return await future
 
     async def close(self) -> None:
