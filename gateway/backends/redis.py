@@ -493,10 +493,17 @@ class RedisStore:
                 events += len(evs)
                 for ev in evs:
                     device, time = ev.device.encode(), b"%d" % ev.time
-                    argv += (
-                        b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(device), device, len(time), time),
-                        _ONLINE if ev.online else _OFFLINE,
-                        _platform(ev.platform),
+                    platform = _platforms.get(ev.platform) or _platform(ev.platform)
+                    argv.append(
+                        b"$%d\r\n%b\r\n$%d\r\n%b\r\n%b%b"
+                        % (
+                            len(device),
+                            device,
+                            len(time),
+                            time,
+                            _ONLINE if ev.online else _OFFLINE,
+                            platform,
+                        )
                     )
             nargs = 3 + 2 * len(idx) + 6 + 3 * len(idx) + 4 * events
             calls.append(
