@@ -27,7 +27,7 @@ from bench.target import Server, Target, metrics
 from bench.workers import Pool, Shared
 
 QUIET_NS = 300_000_000  # a drain ends when no state arrived for this long
-DRAIN_LIMIT_S = 15.0
+DRAIN_LIMIT_S = 20.0
 RC_K0 = 1_000_000  # RongCloud events start here so they never collide with Tencent's
 
 
@@ -550,7 +550,7 @@ def fanout(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
     plan = Plan(base_ms=time.time_ns() // 1_000_000, users=users)
     budget_end = time.monotonic() + args.duration
     explicit = [float(r) for r in args.rates.split(",")] if args.rates else []
-    first_rate = args.rate or (40.0 if provider == "rongcloud" else 20.0)
+    first_rate = args.rate or 20.0
     max_rate = max(explicit, default=first_rate * 1.5**12)
     steps_max = len(explicit) or 16
     shared = Shared.create(int(max_rate * args.step_seconds * steps_max) + 10_000 + 2 * BATCH * 16)
