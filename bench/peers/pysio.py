@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-import socketio  # type: ignore[import-untyped]
+import socketio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
