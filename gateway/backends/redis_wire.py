@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -282,7 +283,9 @@ class Wire:
     """The lanes of one redis-py client: one for standalone Redis, one per Cluster primary."""
 
     def __init__(self, client: Redis | RedisCluster) -> None:
-        self.client = client
+        # Weakly: stores find their wire by client in a WeakKeyDictionary, whose entries
+        # would never go if the value held its key.
+        self._client = weakref.ref(client)
         self.cluster = isinstance(client, RedisCluster)
         self._lanes: dict[str, Lane] = {}
         self._slots: list[str] = []  # Cluster: the primary's name for each hash slot
@@ -297,6 +300,13 @@ class Wire:
             self._connect_timeout = client.nodes_manager.connection_kwargs.get(
                 "socket_connect_timeout"
             )
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        client = self._client()
+        if client is None:
+            raise RedisConnectionError("the redis-py client is gone")
+        return client
 
     async def topology(self) -> list[str] | None:
         """For Cluster, the name of the primary serving each hash slot; None for standalone."""
@@ -376,17 +386,18 @@ class Wire:
 
     async def _refresh(self) -> None:
         """Read the Cluster topology (once, however many callers want it)."""
-        assert isinstance(self.client, RedisCluster)
+        client = self.client
+        assert isinstance(client, RedisCluster)
         if self._refreshing is None:
             self._refreshing = asyncio.Lock()
         async with self._refreshing:
             if not self._stale:
                 return
             if self._slots:  # a refresh: the client knows the nodes already
-                await self.client.nodes_manager.initialize()
+                await client.nodes_manager.initialize()
             else:
-                await self.client.initialize()
-            manager = self.client.nodes_manager
+                await client.initialize()
+            manager = client.nodes_manager
             self._slots = [
                 manager.get_node_from_slot(slot).name for slot in range(REDIS_CLUSTER_HASH_SLOTS)
             ]
