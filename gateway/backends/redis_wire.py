@@ -2,18 +2,19 @@
 
 redis-py's pipeline costs ~100 µs of CPU per call (per-argument packing and encoding, a pooled
 connection checked out per call, a Task per timed write, observability hooks), and its Cluster
-client opens a connection per call in flight: past ``max_connections`` (100) per node it fails,
-and a failure closes the whole client under the other calls in flight (which then die inside
-redis-py with ``AttributeError: 'NoneType' object has no attribute 'writelines'``). So the store
-takes from redis-py only what it does once, the handshake of a connection (auth, TLS, db, unix
-socket) and the Cluster topology, and sends its own RESP:
+client opens a connection per call in flight: past ``max_connections`` (100) per node it raises
+``MaxConnectionsError``, a ``ConnectionError``, on which the cluster pipeline retries after
+``aclose()`` of the whole client, disconnecting the connections of the other calls in flight
+(which then die inside redis-py with ``AttributeError: 'NoneType' object has no attribute
+'writelines'``). So the store takes from redis-py only what it does once, the handshake of a
+connection (auth, TLS, db, unix socket) and the Cluster topology, and sends its own RESP:
 
 - a ``Lane`` is one connection to one node that every caller shares. A call on a quiet lane
   writes its commands (already encoded) at once; while calls are in flight, later ones queue
   and one writer task writes everything queued in one write; one reader task hands the
-  replies out in order. A connection that
-  fails, or leaves its oldest call unanswered past the timeout, fails every call on it; the
-  next call reconnects, one attempt at a time however many callers wait.
+  replies out in order. A connection that fails, or leaves its oldest call unanswered past
+  the timeout, fails every call on it; the next call reconnects, one attempt at a time
+  however many callers wait.
 - a ``Wire`` routes: standalone Redis is one lane; Redis Cluster one lane per primary, by hash
   slot, following MOVED and ASK and re-reading the topology after a MOVED or a lost node.
 
@@ -83,7 +84,7 @@ class Lane:
         # The handshake runs with no socket timeout (the lane reads without one): bound it.
         self._connect_budget = (connect_timeout or 5.0) + (timeout or 5.0)
         self._conn: AbstractConnection | None = None
-        self._epoch = 0  # bumped by every failure: stale writers and readers stand down
+        self._epoch = 0  # bumped by each connection and failure: stale tasks stand down
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._idle: asyncio.Future[None] | None = None  # the writer waits for calls on it
@@ -363,8 +364,13 @@ class Wire:
     def _lane(self, node: str) -> Lane:
         lane = self._lanes.get(node)
         if lane is None:
+            name = node
+            client = self.client
+            if isinstance(client, Redis):  # standalone: named by its address, for errors
+                kwargs = client.connection_pool.connection_kwargs
+                name = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
             lane = self._lanes[node] = Lane(
-                node or "redis",
+                name,
                 self._factory(node),
                 timeout=self._timeout,
                 connect_timeout=self._connect_timeout,
