@@ -610,8 +610,8 @@ class Watchers:
         """When the last state arrived (monotonic ns; 0: none since the reset)."""
         return self.last_ns
 
-    async def report(self, k_lo: int, k_hi: int) -> dict[str, Any]:
-        """Deliveries, latency and loss for the events ``k_lo .. k_hi - 1`` (after a drain)."""
+    def _acked(self, k_lo: int, k_hi: int) -> dict[int, list[int]]:
+        """Per user, the acked events among ``k_lo .. k_hi - 1`` (ascending)."""
         assert self.shared is not None
         status = bytes(memoryview(self.shared.status).cast("B")[k_lo:k_hi])
         users = self.plan.users
@@ -620,6 +620,27 @@ class Watchers:
             if s == ACKED:
                 k = k_lo + i
                 acked.setdefault(k % users, []).append(k)
+        return acked
+
+    async def missing(self, k_lo: int, k_hi: int) -> int:
+        """How many (connection, user) pairs still wait for the latest acked event of that
+        user: 0 once everything sent has arrived (or been superseded)."""
+        acked = self._acked(k_lo, k_hi)
+        last = {u: ks[-1] for u, ks in acked.items()}
+        count = 0
+        for sess in self.sessions:
+            if not sess.ready_ns:
+                continue
+            maxk = sess.maxk
+            for u in sess.users:
+                k = last.get(u)
+                if k is not None and maxk.get(u, -1) < k:
+                    count += 1
+        return count
+
+    async def report(self, k_lo: int, k_hi: int) -> dict[str, Any]:
+        """Deliveries, latency and loss for the events ``k_lo .. k_hi - 1`` (after a drain)."""
+        acked = self._acked(k_lo, k_hi)
         expected = lost = 0
         examples: list[str] = []
         for sess in self.sessions:
