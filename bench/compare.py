@@ -64,6 +64,14 @@ FIGURES = [
         "{:,.0f}",
     ),
     Figure(
+        "latency_gc_max_pause_ms",
+        "latency",
+        "  longest GC pause (ms)",
+        lambda r: r.get("gc_pause_max_ms"),
+        "lower",
+        "{:,.1f}",
+    ),
+    Figure(
         "fanout_max_deliveries_per_s",
         "fanout",
         "fanout max deliveries/s, 0 lost",

@@ -496,9 +496,18 @@ def _watch_run(
     )
     _delivery_rows(res, d)
     _window_rows(res, d["window"], [s.name for s in servers])
+    pause = gc_pause_ms(servers[-1])
+    if pause is not None:
+        res.row("longest GC pause so far", f"{pause:.1f} ms (server's /metrics)")
     _profile_rows(res, d["profile"])
-    res.data = {"setup": setup, "delivery": d}
+    res.data = {"setup": setup, "delivery": d, "gc_pause_max_ms": pause}
     return res
+
+
+def gc_pause_ms(server: Server) -> float | None:
+    """The longest GC pause the server reports (the peers do), in ms; None if it does not."""
+    value = metrics(server.webhook_port).get("bench_gc_pause_max_seconds")
+    return None if value is None else round(1000 * value, 1)
 
 
 def latency(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
