@@ -326,3 +326,18 @@ async def test_cluster_follows_moved(redis_cluster_url: str) -> None:
         assert state == state_encoder.encode(published[0])
     finally:
         await store.close()
+
+
+async def test_stalled_loop_is_not_a_redis_timeout(redis_url: str) -> None:
+    """A reply that arrived while the event loop itself was held up is read, not timed out."""
+    store = RedisStore.from_url(
+        redis_url, cluster=False, settings=PresenceSettings(), socket_timeout=0.2
+    )
+    try:
+        await store.ping()
+        task = asyncio.create_task(store.get("app", ["bob"]))
+        await asyncio.sleep(0)  # the command is written
+        time.sleep(0.4)  # noqa: ASYNC251  # the loop held up (a long callback): reply unread
+        assert await task == [UserState("bob")]
+    finally:
+        await store.close()

@@ -40,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 MAX_REDIRECTS = 3
+LATE_LOOK_S = 0.05  # a call past its deadline is failed if still unanswered this much later
 
 
 def bulk(value: bytes) -> bytes:
@@ -92,6 +93,7 @@ class Lane:
         self._calls: collections.deque[_Call] = collections.deque()
         self._outbox: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._suspect: _Call | None = None  # the oldest call, seen past its deadline once
 
     async def call(self, packed: bytes, count: int) -> list[Any]:
         """Send ``count`` encoded commands; return their ``count`` replies, in order.
@@ -188,16 +190,25 @@ class Lane:
                 await conn.disconnect(nowait=True)
 
     def _check(self) -> None:
-        """The watchdog: fail the lane when its oldest call is past its deadline."""
+        """The watchdog: fail the lane when its oldest call is past its deadline.
+
+        Past the deadline the call gets one more look a little later: the event loop runs
+        due timers before it reads sockets, so after the loop itself was held up (a long
+        callback, a starved process) the reply may be waiting unread.
+        """
         self._timer = None
         if not self._calls:
             return
         loop = asyncio.get_running_loop()
-        deadline = self._calls[0].deadline
-        if deadline <= loop.time():
-            self._fail(self._epoch, RedisTimeoutError(f"Timeout reading from {self.name}"))
+        oldest = self._calls[0]
+        if oldest.deadline > loop.time():
+            self._suspect = None
+            self._timer = loop.call_at(oldest.deadline, self._check)
+        elif oldest is not self._suspect:
+            self._suspect = oldest
+            self._timer = loop.call_later(LATE_LOOK_S, self._check)
         else:
-            self._timer = loop.call_at(deadline, self._check)
+            self._fail(self._epoch, RedisTimeoutError(f"Timeout reading from {self.name}"))
 
     def _fail(self, epoch: int, exc: BaseException) -> None:
         """Drop the connection and fail every call on it (once per connection)."""
@@ -210,6 +221,7 @@ class Lane:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._suspect = None
         current = asyncio.current_task()
         for task in (self._reader, self._writer):
             if task is not None and task is not current:
