@@ -69,16 +69,25 @@ class _ProviderMetrics:
     """One provider's labelled metrics, looked up once rather than on every webhook."""
 
     def __init__(self, metrics: Metrics, name: str) -> None:
-        self._webhooks = metrics.webhooks
+        # The metrics, not ``metrics``: a value of the WeakKeyDictionary below must not hold
+        # its key, or the entry never goes.
+        self._webhooks, self._events_unused = metrics.webhooks, metrics.events_unused
         self._name = name
         self.outcomes: dict[str, Counter] = {}
         self.seconds: Histogram = metrics.webhook_seconds.labels(name)
-        self.unused: Counter = metrics.events_unused.labels(name)
+        self._unused: Counter | None = None  # made on first use: no zero series before
+
+    @property
+    def unused(self) -> Counter:
+        if self._unused is None:
+            self._unused = self._events_unused.labels(self._name)
+        return self._unused
 
     def outcome(self, outcome: str) -> Counter:
         child = self.outcomes.get(outcome)
         if child is None:
-            child = self.outcomes[outcome] = self._webhooks.labels(self._name, outcome)
+            child = self._webhooks.labels(self._name, outcome)
+            self.outcomes[outcome] = child
         return child
 
 
