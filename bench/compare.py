@@ -107,6 +107,8 @@ def _flags(r: Record) -> str:
         flags += "B"
     if r.get("generator_bound"):
         flags += "g"
+    if r.get("no_step_failed"):
+        flags += "+"
     if r.get("foreign_cpu_max_pct", 0) > 15:
         flags += "*"
     return flags
@@ -150,8 +152,8 @@ def compare(
     lines = [
         "",
         f"comparison, nproc {nproc}: (xN) = {base} / peer; B = load generator was the "
-        "bottleneck, g = fanout generator-bound in bursts (a lower bound), * = other load on "
-        "the machine",
+        "bottleneck, g = fanout generator-bound in bursts, + = no fanout step failed (both: a "
+        "lower bound), * = other load on the machine",
         f"  {'figure':<{width}}" + "".join(f"{n:>{c}}" for n, c in zip(names, cols, strict=True)),
     ]
     for fig in FIGURES:
