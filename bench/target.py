@@ -146,7 +146,7 @@ class Target:
                 http_port = free_port() if self.separate_http else 0
                 name = f"{self.name}-{'ABCDEFGH'[i]}"
                 argv = self.argv(workdir, redis, port, http_port)
-                child = spawn(name, argv, workdir, cores.server, self.env())
+                child = spawn(name, argv, workdir, cores.server, self.env(), cores.nice)
                 servers.append(Server(name, port, child, http_port))
             for server in servers:
                 wait_until(
