@@ -15,7 +15,7 @@ import msgspec
 from gateway.backends.base import PresenceSettings
 from gateway.errors import ConfigError
 from gateway.providers import CONFIGS
-from gateway.providers.base import ProviderConfig
+from gateway.providers.base import ProviderConfig, parse_networks
 from gateway.providers.openim import OpenIMConfig
 from gateway.providers.rongcloud import RongCloudConfig
 from gateway.providers.standard import StandardConfig
@@ -34,6 +34,18 @@ class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cluster: bool = False
 
 
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The ``[server]`` table: how the gateway meets the network."""
+
+    # CIDRs of reverse proxies whose X-Forwarded-For is believed (SPEC section 3)
+    trusted_proxies: list[str] = []
+    # an HTTP request whose headers or body do not arrive within this many seconds is dropped
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    # open connections (HTTP and WebSocket) per process, and per client address
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 1_000
+
+
 class AppConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One ``[[apps]]`` entry: an isolated tenant with its own secrets and providers."""
 
@@ -44,6 +56,7 @@ class AppConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     max_watch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     allowed_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
     dev_tokens: bool = False
+    max_connections_per_user: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
     tencent: TencentConfig | None = None
     rongcloud: RongCloudConfig | None = None
     openim: OpenIMConfig | None = None
@@ -62,6 +75,7 @@ class _File(msgspec.Struct, forbid_unknown_fields=True):
     apps: Annotated[list[AppConfig], msgspec.Meta(min_length=1)]
     redis: RedisConfig | None = None
     presence: PresenceSettings = PresenceSettings()
+    server: ServerConfig = ServerConfig()
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -70,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True):
     apps: dict[str, AppConfig]
     presence: PresenceSettings = PresenceSettings()
     redis: RedisConfig | None = None
+    server: ServerConfig = ServerConfig()
     source: str = "<dev mode>"
     dev_mode: bool = False
 
@@ -129,9 +144,21 @@ def parse(text: str, source: str, env: Mapping[str, str] | None = None) -> Setti
                 raise ConfigError(f"apps[{i}].{name}.{key}", reason or "invalid", source) from None
         apps[app.id] = app
     p = data.presence
-    for key in ("offline_grace_ms", "session_retention_s", "max_event_age_s"):
+    for key in (
+        "offline_grace_ms",
+        "session_retention_s",
+        "max_event_age_s",
+        "future_skew_s",
+        "last_seen_retention_s",
+    ):
         if getattr(p, key) < 0:
             raise ConfigError(f"presence.{key}", "must be >= 0", source)
+    if not 1 <= p.max_devices_per_user <= 10_000:
+        raise ConfigError("presence.max_devices_per_user", "must be from 1 to 10000", source)
+    if p.last_seen_retention_s < p.session_retention_s:
+        raise ConfigError(
+            "presence.last_seen_retention_s", "must be >= session_retention_s", source
+        )
     if p.session_retention_s < p.max_event_age_s:
         raise ConfigError(
             "presence.session_retention_s",
@@ -141,7 +168,12 @@ def parse(text: str, source: str, env: Mapping[str, str] | None = None) -> Setti
     redis = data.redis
     if url := env.get("REDIS_URL"):
         redis = RedisConfig(url=url, cluster=redis.cluster if redis else False)
-    return Settings(apps=apps, presence=p, redis=redis, source=source)
+    try:
+        parse_networks(data.server.trusted_proxies)
+    except ValueError as exc:
+        _, _, reason = str(exc).partition(": ")
+        raise ConfigError("server.trusted_proxies", reason, source) from None
+    return Settings(apps=apps, presence=p, redis=redis, server=data.server, source=source)
 
 
 def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:

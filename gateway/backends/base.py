@@ -22,6 +22,9 @@ class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     offline_grace_ms: int = 0
     session_retention_s: int = 86400
     max_event_age_s: int = 600
+    future_skew_s: int = 60  # events stamped further ahead of the gateway clock are ignored
+    last_seen_retention_s: int = 2_592_000  # an offline user's last-seen outlives its records
+    max_devices_per_user: int = 64  # device records kept per user (oldest offline go first)
 
 
 class ApplyResult(msgspec.Struct):
