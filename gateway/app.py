@@ -181,7 +181,7 @@ def create_app(settings: Settings) -> WebSocketFront:
     return WebSocketFront(app, gw)
 
 
-_WS_PATH = re.compile(r"^/v1/apps/([A-Za-z0-9_-]{1,64})/ws$")
+_WS_PATH = re.compile(r"\A/v1/apps/([A-Za-z0-9_-]{1,64})/ws\Z")
 
 
 class WebSocketFront:

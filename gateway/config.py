@@ -23,7 +23,7 @@ from gateway.providers.tencent import TencentConfig
 
 log = logging.getLogger(__name__)
 
-APP_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+APP_ID_PATTERN = r"\A[A-Za-z0-9_-]{1,64}\Z"  # \Z: "$" would pass a final "\n"
 Secret = Annotated[str, msgspec.Meta(min_length=1)]
 
 
