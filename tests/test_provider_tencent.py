@@ -239,7 +239,7 @@ def test_sign_ignored_without_token() -> None:
         b"not json",
         b"[]",
         b'{"EventTime": 1}',
-        b'{"EventTime": "1", "Info": {"Action": "Login", "To_Account": "bob"}}',
+        b'{"EventTime": 1.5, "Info": {"Action": "Login", "To_Account": "bob"}}',
         b'{"EventTime": -1, "Info": {"Action": "Login", "To_Account": "bob"}}',
         b'{"Info": {"Action": "Login", "To_Account": 7}}',
         b'{"Info": {"Action": "Login", "To_Account": ""}}',
@@ -251,6 +251,69 @@ def test_malformed_body_is_400(data: bytes) -> None:
     err = rejected(provider(), request(data=data))
     assert err.status == 400
     assert err.reason.startswith("malformed body")
+
+
+def test_event_time_may_be_a_string_of_digits() -> None:
+    """EventTime "1763699999995" (a string) is read as the same time as the integer."""
+    (ev,) = provider().handle(request(data=body(EventTime=str(NOW - 5)))).events
+    assert ev.time == NOW - 5
+    assert provider().handle(request(data=body(EventTime=NOW - 5))).events == [ev]
+
+
+@pytest.mark.parametrize(
+    "value", ["", "abc", "12a", "-5", "+5", " 5", "1e12", "1.5", "\u0661", "9" * 17, "9" * 5000]
+)
+def test_event_time_string_that_is_not_digits_is_400(value: str) -> None:
+    """A string EventTime that is not a short run of ASCII digits is malformed."""
+    err = rejected(provider(), request(data=body(EventTime=value)))
+    assert (err.status, err.reason) == (400, "malformed body: EventTime is not a time in ms")
+
+
+def test_event_time_string_beyond_max_ms_is_400() -> None:
+    """A string EventTime above 2**53 - 1 is refused like the same integer."""
+    assert rejected(provider(), request(data=body(EventTime=str(2**53)))).status == 400
+    assert rejected(provider(), request(data=body(EventTime=2**53))).status == 400
+
+
+def test_huge_integer_event_time_is_400() -> None:
+    """A 5,000-digit EventTime literal is a 400, not an error from int parsing."""
+    data = body().replace(b'"EventTime":%d' % (NOW - 5), b'"EventTime":' + b"9" * 5000)
+    assert b"9" * 5000 in data
+    assert rejected(provider(), request(data=data)).status == 400
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        {"To_Account": "bob", "Reason": "Register"},
+        {"Action": "", "To_Account": "bob"},
+        {"Action": "Login", "Reason": "Register"},
+        {"Action": "CustomStatusChange", "Reason": "SetCustomStatus"},
+        {"Action": "CustomStatusChange", "To_Account": ""},
+        {"Action": "SomethingNew"},
+    ],
+)
+def test_state_change_without_action_or_account_is_400(info: dict[str, str]) -> None:
+    """A State.StateChange lacking Info.Action or Info.To_Account is malformed, never acked."""
+    err = rejected(provider(), request(data=body(Info=info)))
+    assert err.status == 400
+    assert err.reason.startswith("malformed body")
+    reply = provider().error(err.status, err.reason)
+    assert msgspec.json.decode(reply.body)["ActionStatus"] == "FAIL"
+
+
+def test_unknown_action_with_account_is_acked_and_unused() -> None:
+    """An Action Tencent may add later (with To_Account) is acked and counted unused."""
+    parsed = provider().handle(request(data=body(Info={"Action": "New", "To_Account": "bob"})))
+    assert (parsed.events, parsed.unused) == ([], 1)
+
+
+@pytest.mark.parametrize("request_time", ["9" * 5000, "9" * 17, "0" * 4400 + "1"])
+def test_huge_request_time_is_401(request_time: str) -> None:
+    """A RequestTime of thousands of digits is refused as invalid, never a 500."""
+    q = query(RequestTime=request_time, Sign=sign(TOKEN, request_time))
+    err = rejected(provider(TOKEN), request(q))
+    assert (err.status, err.reason) == (401, "invalid RequestTime")
 
 
 def test_unknown_body_fields_are_tolerated() -> None:

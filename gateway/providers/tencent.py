@@ -13,6 +13,7 @@ import msgspec
 
 from gateway.model import PLATFORMS, normalize_platform
 from gateway.providers.base import (
+    MAX_MS,
     Millis,
     Parsed,
     Provider,
@@ -20,6 +21,7 @@ from gateway.providers.base import (
     Reply,
     WebhookRejected,
     WebhookRequest,
+    check_id,
     clip,
     decode,
     event,
@@ -31,6 +33,7 @@ from gateway.providers.base import (
 COMMAND = "State.StateChange"
 _OK = Reply(200, json_encoder.encode({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}))
 MAX_SKEW_S = 60  # Tencent's advice for RequestTime
+_MAX_DIGITS = 16  # of a RequestTime or string EventTime: more is no time (int() fails past 4300)
 
 
 class TencentConfig(ProviderConfig, kw_only=True):
@@ -46,8 +49,8 @@ class TencentConfig(ProviderConfig, kw_only=True):
 
 
 class _Info(msgspec.Struct):
-    Action: str = ""
-    To_Account: str = ""
+    Action: str  # required: a StateChange without it is malformed
+    To_Account: str
     Reason: str = ""
 
 
@@ -57,12 +60,28 @@ class _Kicked(msgspec.Struct):
 
 class _Body(msgspec.Struct):
     Info: _Info
-    EventTime: Millis | None = None
+    EventTime: Millis | str | None = None  # an integer or a string of digits
     KickedDevice: list[_Kicked] | None = None
 
 
 class _Command(msgspec.Struct):
     CallbackCommand: str = ""
+
+
+def _digits(text: str) -> bool:
+    """Whether ``text`` is a plain decimal integer short enough to be a time."""
+    return 0 < len(text) <= _MAX_DIGITS and text.isascii() and text.isdigit()
+
+
+def _event_time(value: int | str | None, now_ms: int) -> int:
+    """``EventTime`` in ms: an integer, a string of digits, or absent (receive time)."""
+    if value is None:
+        return now_ms
+    if isinstance(value, int):
+        return value
+    if not _digits(value) or int(value) > MAX_MS:
+        raise WebhookRejected(400, "malformed body: EventTime is not a time in ms")
+    return int(value)
 
 
 def sign(token: str, request_time: int | str) -> str:
@@ -88,7 +107,7 @@ class TencentProvider(Provider):
         request_time = query_value(req, "RequestTime", fold=True)
         if not signature or not request_time:
             raise WebhookRejected(401, "missing Sign or RequestTime")
-        if not request_time.isascii() or not request_time.isdigit():
+        if not _digits(request_time):
             raise WebhookRejected(401, "invalid RequestTime")
         if abs(req.now_ms - int(request_time) * 1000) > MAX_SKEW_S * 1000:
             raise WebhookRejected(401, "stale RequestTime")
@@ -103,7 +122,10 @@ class TencentProvider(Provider):
             return Parsed(unused=1, command="other")
         body: _Body = decode(req.body, _Body)
         info = body.Info
-        time = req.now_ms if body.EventTime is None else body.EventTime
+        if not info.Action:
+            raise WebhookRejected(400, "malformed body: empty Info.Action")
+        check_id(info.To_Account, "Info.To_Account")
+        time = _event_time(body.EventTime, req.now_ms)
         reason = clip(info.Reason.lower(), 32)
         if info.Action == "Login":
             online = True
