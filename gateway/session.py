@@ -229,9 +229,8 @@ class Session:
             self.close(4001, str(exc))
             return False
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_at(
-            loop.time() + max(0.0, claims.exp - time.time()), self.close, 4001, "token expired"
-        )
+        left = max(0.0, claims.deadline() - time.time())
+        self._expiry = loop.call_at(loop.time() + left, self.close, 4001, "token expired")
         self.send(Welcome(user=claims.sub, max_watch=self.app.max_watch, heartbeat_ms=HEARTBEAT_MS))
         return True
 
