@@ -201,11 +201,23 @@ def test_missing_platform_id_is_derived_from_name() -> None:
     assert (ev.device, ev.platform) == ("2", "android")
 
 
-def test_conn_id_is_ignored() -> None:
-    """Two connections of one platform are one device (connID is empty from v3.8.2)."""
-    a = provider().handle(request((ONLINE,), body(connID="c1"))).events
-    b = provider().handle(request((ONLINE,), body(connID="c2"))).events
-    assert a == b
+def test_conn_id_is_the_device_key_when_set() -> None:
+    """Two connections of one platform (OpenIM <= 3.7 connIDs) are two devices."""
+    (a,) = provider().handle(request((ONLINE,), body(connID="c1"))).events
+    (b,) = provider().handle(request((ONLINE,), body(connID="c2"))).events
+    assert (a.device, b.device) == ("c1", "c2")
+    assert a.platform == b.platform == "ios"
+
+
+def test_empty_conn_id_falls_back_to_platform_id() -> None:
+    """OpenIM >= 3.8.2 sends connID "": the device key is the platform id."""
+    (ev,) = provider().handle(request((ONLINE,), body(connID=""))).events
+    assert ev.device == "1"
+
+
+def test_overlong_conn_id_is_400() -> None:
+    """A connID over 256 characters is refused like any overlong device key."""
+    assert rejected(provider(), request((ONLINE,), body(connID="c" * 257))).status == 400
 
 
 @pytest.mark.parametrize("seq", [0, 123456, None])

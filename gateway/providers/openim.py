@@ -2,8 +2,10 @@
 
 OpenIM signs nothing; the only credential is an optional token the operator puts in the
 callback URL (``{url}/{token}``). The command comes from the path (v3.5+), ``?command=``
-(v3.0-3.4) or the body. The device key is the platform id (``connID`` is empty from
-v3.8.2); the event time is ``seq`` (the sender's clock in ms).
+(v3.0-3.4) or the body. The device key is ``connID`` when it is non-empty (up to v3.7: one
+per connection, so a login that kicks an older one on the same platform, or two tabs, are two
+devices), else the platform id (v3.8.2+ sends an empty ``connID``); the event time is ``seq``
+(the sender's clock in ms). The device key never reaches watchers: they see platforms.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class _Body(msgspec.Struct):
     platform_id: int = msgspec.field(name="platformID", default=0)
     platform: str = ""
     seq: Millis = 0
+    conn_id: str = msgspec.field(name="connID", default="")
 
 
 class OpenIMProvider(Provider):
@@ -122,7 +125,7 @@ class OpenIMProvider(Provider):
         pid = body.platform_id or _ID_OF.get(name, 0)
         platform = PLATFORM_IDS.get(pid, name)
         time = body.seq if body.seq >= _PLAUSIBLE_MS else req.now_ms
-        ev = event(body.user, str(pid), platform, online, time, reason)
+        ev = event(body.user, body.conn_id or str(pid), platform, online, time, reason)
         return Parsed(events=[ev], command=command)
 
     def ok(self) -> Reply:
