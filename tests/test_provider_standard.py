@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from gateway.backends.base import PresenceSettings
 from gateway.model import PresenceEvent
@@ -16,6 +18,7 @@ from gateway.providers.standard import StandardConfig, StandardProvider, sign
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER = "whsec_dGhpcy1pcy1hbm90aGVyLXNlY3JldC1rZXk="
 T = 1763700000000
+T_S = T // 1000
 
 
 def events(*items: dict[str, Any]) -> bytes:
@@ -31,7 +34,7 @@ def request(
 ) -> WebhookRequest:
     raw = events() if data is None else data
     if headers is None:
-        headers = sign(secret, "msg_1", raw)
+        headers = sign(secret, "msg_1", raw, timestamp=T_S)
     return WebhookRequest(
         path=(), query=(), headers=headers, body=raw, client_ip=client_ip, now_ms=T
     )
@@ -97,34 +100,34 @@ def test_wrong_secret_is_401() -> None:
 
 def test_tampered_body_is_401() -> None:
     """A body changed after signing is refused."""
-    headers = sign(SECRET, "msg_1", events())
+    headers = sign(SECRET, "msg_1", events(), T_S)
     assert rejected(provider(), request(events({"status": "offline"}), headers)).status == 401
 
 
 @pytest.mark.parametrize("drop", ["webhook-id", "webhook-timestamp", "webhook-signature"])
 def test_missing_header_is_401(drop: str) -> None:
     """Each of the three headers is required."""
-    headers = {k: v for k, v in sign(SECRET, "msg_1", events()).items() if k != drop}
+    headers = {k: v for k, v in sign(SECRET, "msg_1", events(), T_S).items() if k != drop}
     assert rejected(provider(), request(headers=headers)).status == 401
 
 
 @pytest.mark.parametrize("offset_s", [-400, 400])
 def test_timestamp_outside_five_minutes_is_401(offset_s: int) -> None:
-    """A signature more than 5 minutes old or ahead (real clock) is refused."""
-    headers = sign(SECRET, "msg_1", events(), timestamp=int(time.time()) + offset_s)
+    """A signature more than 5 minutes old or ahead of the receive time is refused."""
+    headers = sign(SECRET, "msg_1", events(), timestamp=T_S + offset_s)
     assert rejected(provider(), request(headers=headers)).status == 401
 
 
 def test_timestamp_inside_five_minutes_is_accepted() -> None:
     """A signature a few minutes old is still inside the tolerance."""
-    headers = sign(SECRET, "msg_1", events(), timestamp=int(time.time()) - 200)
+    headers = sign(SECRET, "msg_1", events(), timestamp=T_S - 200)
     assert provider().handle(request(headers=headers)).events
 
 
 def test_any_of_several_signatures_may_match() -> None:
     """During secret rotation a sender may list several signatures; one match suffices."""
-    good = sign(SECRET, "msg_1", events())
-    bad = sign(OTHER, "msg_1", events())
+    good = sign(SECRET, "msg_1", events(), T_S)
+    bad = sign(OTHER, "msg_1", events(), T_S)
     headers = {
         **good,
         "webhook-signature": f"{bad['webhook-signature']} {good['webhook-signature']}",
@@ -135,14 +138,61 @@ def test_any_of_several_signatures_may_match() -> None:
 @pytest.mark.parametrize("signature", ["garbage", "v1,not-base64!!", "v1,a,b", ""])
 def test_malformed_signature_header_is_401(signature: str) -> None:
     """An unparsable signature header is a 401, not a crash."""
-    headers = {**sign(SECRET, "msg_1", events()), "webhook-signature": signature}
+    headers = {**sign(SECRET, "msg_1", events(), T_S), "webhook-signature": signature}
     assert rejected(provider(), request(headers=headers)).status == 401
 
 
-def test_non_utf8_body_is_401() -> None:
-    """A body the verifier cannot read as UTF-8 fails verification instead of crashing."""
-    headers = sign(SECRET, "msg_1", b"{}")
+def test_body_not_matching_signature_is_401_even_if_not_utf8() -> None:
+    """A non-UTF-8 body that was not the one signed is a bad signature, not a crash."""
+    headers = sign(SECRET, "msg_1", b"{}", T_S)
     assert rejected(provider(), request(b"\xff\xfe", headers)).status == 401
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe", b'{"events": ["\xc3"]}', b"\x00", b"not json"])
+def test_signed_body_that_is_not_utf8_json_is_400(data: bytes) -> None:
+    """A correctly signed body that is not UTF-8 JSON is malformed (400), not a bad signature."""
+    err = rejected(provider(), request(data))
+    assert err.status == 400
+    assert err.reason.startswith("malformed body")
+
+
+def test_signature_agrees_with_the_standardwebhooks_package() -> None:
+    """The package's own Webhook.verify accepts what sign() makes, and the provider accepts
+    what the package signs."""
+    now_s = int(time.time())
+    headers = sign(SECRET, "msg_9", events(), now_s)
+    Webhook(SECRET).verify(events(), headers, json_parse=False)
+    theirs = Webhook(SECRET).sign("msg_9", datetime.fromtimestamp(now_s, UTC), events().decode())
+    assert theirs == headers["webhook-signature"]
+    got = StandardProvider(StandardConfig(secret=SECRET), PresenceSettings()).handle(
+        WebhookRequest(
+            path=(),
+            query=(),
+            headers={**headers, "webhook-signature": theirs},
+            body=events(),
+            client_ip=None,
+            now_ms=now_s * 1000,
+        )
+    )
+    assert len(got.events) == 1
+
+
+@pytest.mark.parametrize(
+    "timestamp", ["1763700000.5", "1e9", "", "-1763700000", "9" * 5000, "nan", " 1763700000"]
+)
+def test_malformed_timestamp_header_is_401(timestamp: str) -> None:
+    """A webhook-timestamp that is not plain Unix seconds is refused, never a crash."""
+    headers = {**sign(SECRET, "msg_1", events(), T_S), "webhook-timestamp": timestamp}
+    assert rejected(provider(), request(headers=headers)).status == 401
+
+
+def test_overlong_signature_list_and_id_are_401() -> None:
+    """A huge webhook-signature list is cut short; a webhook-id over 256 chars is refused."""
+    good = sign(SECRET, "msg_1", events(), T_S)
+    many = " ".join(["v1,AAAA"] * 10_000 + [good["webhook-signature"]])
+    assert rejected(provider(), request(headers={**good, "webhook-signature": many})).status == 401
+    long_id = sign(SECRET, "m" * 257, events(), T_S)
+    assert rejected(provider(), request(headers=long_id)).status == 401
 
 
 @pytest.mark.parametrize(
