@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,6 +22,7 @@ from gateway import api, webhooks
 from gateway.backends import open_backend
 from gateway.backends.base import Broker, PresenceStore
 from gateway.config import Settings
+from gateway.edge import Edge, redact_path
 from gateway.errors import StoreUnavailable
 from gateway.heap import HeapKeeper
 from gateway.hub import Hub
@@ -40,6 +42,7 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.edge = Edge(settings.server)
         self.metrics = Metrics()
         self.store: PresenceStore
         self.broker: Broker
@@ -84,14 +87,6 @@ class Gateway:
                 pass  # retried on the next tick; the grace ends late, never twice
             except Exception:
                 log.exception("offline grace sweep failed")
-
-
-_SECRET_PATH = re.compile(r"(/webhooks/openim)/[^?]*")
-
-
-def redact_path(path: str) -> str:
-    """A path safe to log: OpenIM may carry its token as a path segment."""
-    return _SECRET_PATH.sub(r"\1/…", path)
 
 
 class AccessLog:
@@ -142,7 +137,14 @@ def create_app(settings: Settings) -> WebSocketFront:
         provider = gw.providers.get((app_id, request.path_params["provider"]))
         if provider is None:
             return JSONResponse({"error": "unknown app or provider"}, status_code=404)
-        return await webhooks.handle(request, app_id, provider, gw.store, gw.metrics)
+        return await webhooks.handle(
+            request,
+            app_id,
+            provider,
+            gw.store,
+            gw.metrics,
+            timeout_s=settings.server.request_timeout_s,
+        )
 
     async def index(request: Request) -> Response:
         if not settings.dev_mode:
@@ -150,7 +152,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         return FileResponse(WEB_DIR / "index.html")
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         if settings.dev_mode:
             log.warning(
                 "DEV MODE: no config file, app 'demo' with well-known secrets and dev tokens; "
@@ -158,7 +160,7 @@ def create_app(settings: Settings) -> WebSocketFront:
             )
         await gw.start()
         try:
-            yield
+            yield {Edge.STATE_KEY: gw.edge}  # uvicorn hands it to every connection (transport)
         finally:
             await gw.stop()
 
@@ -195,8 +197,15 @@ class WebSocketFront:
         self.app = app
         self.gw = gw
         self.state = app.state  # tests and operators reach the gateway as app.state.gateway
+        self.resolver = gw.edge.resolver
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.resolver.trusted and scope["type"] != "lifespan":
+            # behind a trusted proxy the client is in X-Forwarded-For (SPEC section 3); with
+            # none configured, the TCP peer it stays and forwarding headers mean nothing
+            peer = scope.get("client")
+            client = self.resolver.resolve(peer[0] if peer else None, scope["headers"])
+            scope["client"] = (client, 0) if client is not None else None
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return

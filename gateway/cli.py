@@ -65,15 +65,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def uvicorn_options() -> dict[str, Any]:
-    """How the gateway runs under uvicorn (also used by the tests)."""
-    from gateway.transport import PresenceWebSocketProtocol
+    """How the gateway runs under uvicorn (also used by the tests).
+
+    The ``[server]`` limits reach the protocols through the app's lifespan state
+    (``gateway.edge.Edge``), so these options are the same for every config and worker.
+    """
+    from gateway.transport import EdgeHTTPProtocol, PresenceWebSocketProtocol
 
     return {
+        "http": EdgeHTTPProtocol,  # header/body deadlines, connection limits, quiet logs
         "ws": PresenceWebSocketProtocol,  # raw frame writes for the fan-out; 4009 on big frames
         "ws_per_message_deflate": False,  # frames are built once for every recipient
         "ws_max_size": 64 * 1024,
         "ws_ping_interval": None,  # clients ping every heartbeat_ms; the hub drops silent ones
         "access_log": False,  # gateway.access logs requests with secrets redacted
+        "proxy_headers": False,  # the gateway resolves X-Forwarded-For ([server] trusted_proxies)
         "server_header": False,
         "timeout_graceful_shutdown": 5,
     }
@@ -88,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        settings = config.load(args.config)
+        settings = config.load(args.config, host=args.host)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

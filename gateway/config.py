@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway.backends.base import PresenceSettings
+from gateway.edge import is_loopback
 from gateway.errors import ConfigError
 from gateway.providers import CONFIGS
 from gateway.providers.base import ProviderConfig, parse_networks
@@ -176,13 +177,35 @@ def parse(text: str, source: str, env: Mapping[str, str] | None = None) -> Setti
     return Settings(apps=apps, presence=p, redis=redis, server=data.server, source=source)
 
 
-def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``path``, else ``PRESENCE_CONFIG``, else dev mode."""
+def load(
+    path: str | None = None, env: Mapping[str, str] | None = None, *, host: str | None = None
+) -> Settings:
+    """Settings from ``path``, else ``PRESENCE_CONFIG``, else dev mode (SPEC section 2).
+
+    Dev mode fails closed: a ``PRESENCE_CONFIG`` that is set but empty, or names a file that
+    cannot be read, is an error, never dev mode; and with ``host`` given, dev mode is refused
+    unless that bind address is a loopback one.
+    """
     env = os.environ if env is None else env
-    path = path or env.get("PRESENCE_CONFIG") or None
-    if path is None:
-        return dev_settings(env.get("REDIS_URL") or None)
-    return parse_file(path, env)
+    if path is None and "PRESENCE_CONFIG" in env:
+        path = env["PRESENCE_CONFIG"]
+        source = "PRESENCE_CONFIG"
+    else:
+        source = "--config"
+    if path is not None:
+        if not path.strip():
+            raise ConfigError(
+                source, "is set but empty (unset it to run in dev mode on loopback)", "<startup>"
+            )
+        return parse_file(path, env)
+    if host is not None and not is_loopback(host):
+        raise ConfigError(
+            "PRESENCE_CONFIG",
+            f"no config file, and dev mode (well-known secrets) only listens on loopback, "
+            f"not {host[:64]!r}: set PRESENCE_CONFIG or --config, or bind 127.0.0.1",
+            "<startup>",
+        )
+    return dev_settings(env.get("REDIS_URL") or None)
 
 
 def parse_file(path: str, env: Mapping[str, str] | None = None) -> Settings:

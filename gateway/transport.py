@@ -10,26 +10,182 @@ session can hold back a slow reader. It also answers an over-size message with c
 
 Under any other ASGI server the extension is absent and sessions fall back to plain ASGI
 sends: same behaviour, more overhead.
+
+``EdgeHTTPProtocol`` is uvicorn's httptools protocol with the edge of SPEC section 3: a
+connection over the limits of ``[server]`` gets a 503 before a byte is parsed; headers (and
+a body) that do not arrive within ``request_timeout_s`` get a 408 and the connection closed;
+over-long headers a 431. Both protocols log through ``gateway.edge`` rules: never the client
+address, never a query string.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from typing import Any
 
 from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from gateway.config import ServerConfig
+from gateway.edge import Edge, Slot, quiet_log, redact_path
 from gateway.protocol import MAX_MESSAGE
 
 EXTENSION = "presence.raw"
 SEND_BUFFER = 128 * 1024  # the kernel doubles it
+MAX_HEAD = 64 * 1024  # request line and headers
+BODY_GRACE_S = 1.0  # the app answers a late body itself (408 in the provider's shape) first
+LINGER_S = 2.0  # a refused connection may read our 503 this long before it is cut
+
+access_log = logging.getLogger("gateway.access")
+_default_edge: Edge | None = None
+
+
+def edge_of(app_state: dict[str, Any]) -> Edge:
+    """The app's ``Edge`` from the lifespan state (``[server]`` defaults without one)."""
+    edge = app_state.get(Edge.STATE_KEY)
+    if isinstance(edge, Edge):
+        return edge
+    global _default_edge
+    if _default_edge is None:
+        _default_edge = Edge(ServerConfig())
+    return _default_edge
+
+
+def _plain(status: int, reason: str, *extra: bytes) -> bytes:
+    body = reason.encode()
+    head = [
+        STATUS_LINES[status],
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"connection: close\r\n",
+        *extra,
+        b"\r\n",
+    ]
+    return b"".join(head) + body
+
+
+STATUS_LINES = {
+    408: b"HTTP/1.1 408 Request Timeout\r\n",
+    431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+    503: b"HTTP/1.1 503 Service Unavailable\r\n",
+}
+REFUSED = _plain(503, "too many connections, retry later", b"retry-after: 5\r\n")
+
+
+class EdgeHTTPProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with connection limits, deadlines and a quiet log."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.logger = quiet_log
+        self.edge = edge_of(app_state)
+        self.slot: Slot | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.in_head = True  # bytes now arriving belong to a request line or headers
+        self.head_bytes = 0
+        self.refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.slot = self.edge.limits.acquire(self.client[0] if self.client else None)
+        if self.slot is None:
+            self._refuse()
+            return
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+        super().connection_lost(exc)
+
+    def _refuse(self) -> None:
+        """Answer 503 before parsing anything; let the client read it, then cut."""
+        self.refused = True
+        self.edge.note_refused()
+        self.transport.write(REFUSED)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the client sees the 503 and an end, then closes
+        self.deadline = self.loop.call_later(LINGER_S, self.transport.abort)
+
+    def _arm(self, seconds: float | None = None) -> None:
+        if self.deadline is None:
+            delay = self.edge.request_timeout_s if seconds is None else seconds
+            self.deadline = self.loop.call_later(delay, self._expired)
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _expired(self) -> None:
+        """Headers or body did not arrive in time: 408 unless a response is under way."""
+        self.deadline = None
+        self._answer(408, "request not received in time")
+
+    def _answer(self, status: int, reason: str) -> None:
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        started = False
+        if cycle is not None and not cycle.response_complete:
+            started = cycle.response_started
+            cycle.disconnected = True  # the app's receive() ends, its sends go nowhere
+            cycle.message_event.set()
+        if not started:
+            self.transport.write(_plain(status, reason))
+        access_log.info("- - %d %s", status, reason)
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # read and dropped, so closing later is not a reset before our 503
+        if self.in_head:
+            self.head_bytes += len(data)
+        super().data_received(data)
+        if self.in_head and self.head_bytes > MAX_HEAD:
+            self._answer(431, "request headers too large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()  # a keep-alive request gets its own deadline from its first byte
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self.in_head = False
+        self.head_bytes = 0
+        super().on_headers_complete()
+        if not (self.parser.should_upgrade() and self._should_upgrade()):
+            self._arm(self.edge.request_timeout_s + BODY_GRACE_S)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+        self.in_head = True
+
+    def handle_websocket_upgrade(self) -> None:
+        slot, self.slot = self.slot, None
+        super().handle_websocket_upgrade()
+        protocol = self.transport.get_protocol()
+        if isinstance(protocol, PresenceWebSocketProtocol):
+            protocol.slot = slot  # the WebSocket keeps this connection's place
+        elif slot is not None:
+            slot.release()
 
 
 class Inbox:
@@ -111,12 +267,17 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.conn = _Connection(extensions=[], max_size=MAX_MESSAGE, logger=self.conn.logger)
+        self.logger = quiet_log  # uvicorn's lines name the client and the query string
+        self.conn = _Connection(extensions=[], max_size=MAX_MESSAGE, logger=quiet_log)
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
+        self.slot: Slot | None = None  # handed over by EdgeHTTPProtocol on upgrade
+        self.status = 0  # the handshake's answer, for the access log
+        self.opened_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.opened_at = self.loop.time()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Linux lets a loopback send buffer grow to MiBs: a stalled reader would hide
@@ -126,6 +287,10 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+        self._log_access()
         # The scope holds us (the raw extension) and we hold the scope: with long-lived
         # objects frozen out of the collector's reach (gateway.heap), a closed connection
         # must be freed by reference counting alone (tests/test_heap.py).
@@ -135,11 +300,37 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
+        if self.response.status_code != 101:
+            self.status = self.response.status_code  # a bad handshake, refused by websockets
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][EXTENSION] = self
 
+    def _log_access(self) -> None:
+        """One access-log line per WebSocket: path redacted, no query, no client address."""
+        scope = getattr(self, "scope", None)
+        path = redact_path(scope["path"]) if scope is not None else "-"
+        conn = self.conn
+        first = conn.close_sent if conn.close_sent and not conn.close_rcvd_then_sent else None
+        first = first or conn.close_rcvd or conn.close_sent
+        close = f"close {first.code}" if first is not None else "close 1006"
+        access_log.info(
+            "WebSocket %s %d %s %.1fs",
+            path,
+            self.status or 500,
+            close if self.status == 101 else "-",
+            self.loop.time() - self.opened_at,
+        )
+
     async def send(self, message: Any) -> None:
+        if not self.handshake_complete and self.initial_response is None and not self.status:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                self.status = 101
+            elif kind == "websocket.close":
+                self.status = 403
+            elif kind == "websocket.http.response.start":
+                self.status = message["status"]
         await super().send(message)
         if self.handshake_complete and getattr(self, "response", None) is not None:
             # The HTTP upgrade request and response are not needed once the socket is open;

@@ -6,6 +6,7 @@ is down gets the provider's failure shape with 503 so providers that retry will 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -61,8 +62,16 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def to_response(reply: Reply) -> Response:
-    return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+_CLOSE = {"connection": "close"}  # the rest of an unread body is not worth reading
+
+
+def to_response(reply: Reply, *, close: bool = False) -> Response:
+    return Response(
+        reply.body,
+        status_code=reply.status,
+        media_type=reply.content_type,
+        headers=_CLOSE if close else None,
+    )
 
 
 class _ProviderMetrics:
@@ -112,18 +121,34 @@ async def handle(
     provider: Provider,
     store: PresenceStore,
     metrics: Metrics,
+    *,
+    timeout_s: float = 10.0,
 ) -> Response:
-    """Run one webhook through its provider and the store."""
+    """Run one webhook through its provider and the store.
+
+    The source address is checked before the body is read; a body that does not arrive
+    within ``timeout_s`` gets a 408. Answers given with the body unread close the connection.
+    """
     started = time.perf_counter()
     name = provider.name
     counted = _provider_metrics(metrics, name)
     outcome = "ok"
     try:
+        client = request.scope.get("client")
         try:
-            body = await read_body(request)
+            provider.check_source(client[0] if client else None)
+        except WebhookRejected as exc:
+            outcome = f"rejected_{exc.status}"
+            return to_response(provider.error(exc.status, exc.reason), close=True)
+        try:
+            async with asyncio.timeout(timeout_s):
+                body = await read_body(request)
         except BodyTooLarge:
             outcome = "too_large"
-            return to_response(provider.error(413, "body over 1 MiB"))
+            return to_response(provider.error(413, "body over 1 MiB"), close=True)
+        except TimeoutError:
+            outcome = "timeout"
+            return to_response(provider.error(408, "body not received in time"), close=True)
         scope = request.scope
         rest = scope.get("path_params", {}).get("rest", "")
         client = scope.get("client")

@@ -104,10 +104,14 @@ class Provider(ABC):
         self.settings = settings
         self._networks = parse_networks(config.allowed_ips)
 
+    def check_source(self, client_ip: str | None) -> None:
+        """Raise a 403 ``WebhookRejected`` for an address not allowed (before any body read)."""
+        if self._networks and not ip_allowed(client_ip, self._networks):
+            raise WebhookRejected(403, "client address not allowed")
+
     def handle(self, req: WebhookRequest) -> Parsed:
         """Check, verify and parse ``req``; raise ``WebhookRejected`` to refuse it."""
-        if self._networks and not ip_allowed(req.client_ip, self._networks):
-            raise WebhookRejected(403, "client address not allowed")
+        self.check_source(req.client_ip)
         if not self.takes_path and any(req.path):
             raise WebhookRejected(404, "not found")
         self.verify(req)
