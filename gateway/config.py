@@ -17,10 +17,13 @@ from gateway.edge import is_loopback
 from gateway.errors import ConfigError
 from gateway.providers import CONFIGS
 from gateway.providers.base import ProviderConfig, parse_networks
+from gateway.providers.easemob import EasemobConfig
+from gateway.providers.netease import NetEaseConfig
 from gateway.providers.openim import OpenIMConfig
 from gateway.providers.rongcloud import RongCloudConfig
 from gateway.providers.standard import StandardConfig
 from gateway.providers.tencent import TencentConfig
+from gateway.providers.wukongim import WuKongIMConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ class AppConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     rongcloud: RongCloudConfig | None = None
     openim: OpenIMConfig | None = None
     standard: StandardConfig | None = None
+    easemob: EasemobConfig | None = None
+    netease: NetEaseConfig | None = None
+    wukongim: WuKongIMConfig | None = None
 
     def providers(self) -> dict[str, ProviderConfig]:
         """The configured provider tables by provider name."""
