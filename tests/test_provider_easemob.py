@@ -188,6 +188,26 @@ def test_tampered_body_fails_the_signature() -> None:
     assert rejected(provider(), request(data)).status == 401
 
 
+def test_call_id_reused_with_another_body_is_401() -> None:
+    """The signature does not cover the body: a fresh callId with a new body is refused."""
+    p = provider()
+    assert p.handle(request()).events
+    assert p.handle(request()).events  # Easemob's own resend: the same body, accepted
+    forged = doc(reason="logout", user=f"{APPKEY}_carol/{RESOURCE}")
+    assert forged["security"] == doc()["security"]
+    err = rejected(p, request(forged))
+    assert (err.status, err.reason) == (401, "callId already used with another body")
+
+
+def test_call_id_memory_is_bounded_by_the_freshness_window() -> None:
+    """A callId is forgotten once its timestamp can no longer be fresh."""
+    p = provider(max_age_s=1)
+    p.handle(request(doc(timestamp=NOW)))
+    later = doc(timestamp=NOW + 1500, reason="logout")
+    p.handle(request(later, now=NOW + 2001))  # same callId, 2 windows on: a new claim
+    assert len(p._calls) == 1
+
+
 @pytest.mark.parametrize(
     "data",
     [

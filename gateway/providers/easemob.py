@@ -5,15 +5,23 @@ the callback rule's secret and ``timestamp``. The signature covers no user, devi
 reason, so the signed ``timestamp`` must be fresh and is also the event time; a replay
 inside that window carries the same time and so changes nothing. The device key is the
 resource of ``user`` (``{os}_{deviceId}``); ``ip`` and ``host`` are never used.
+
+Because the signature does not cover the body, a captured callback's signed fields could be
+sent again with another body while they are fresh. ``callId`` is unique per callback, so a
+``callId`` seen again with a different body is refused (401); the same body again (Easemob's
+own resend) is accepted and changes nothing. That memory is per process (bounded); across
+nodes it needs the store-backed claim the RongCloud adapter uses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import OrderedDict
 
 import msgspec
 
+from gateway.backends.base import PresenceSettings
 from gateway.model import PresenceEvent, normalize_platform
 from gateway.providers.base import (
     Millis,
@@ -37,6 +45,7 @@ REASONS = {"login": (True, ""), "logout": (False, "logout"), "replaced": (False,
 _OS_ALIASES = {"win": "windows", "webim": "web", "harmony": "harmonyos", "ohos": "harmonyos"}
 # platform -> the ``os`` value build_request sends (the inverse of the aliases)
 OS_OF = {"windows": "win"}
+MAX_CALL_IDS = 100_000  # callIds remembered per process (oldest forgotten first)
 
 
 class EasemobConfig(ProviderConfig, kw_only=True):
@@ -123,6 +132,10 @@ class EasemobProvider(Provider):
     config_type = EasemobConfig
     config: EasemobConfig
 
+    def __init__(self, config: ProviderConfig, settings: PresenceSettings) -> None:
+        super().__init__(config, settings)
+        self._calls: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # callId -> (sha, ms)
+
     def verify(self, req: WebhookRequest) -> None:
         signed: _Body = decode(req.body, _Body)
         if not signed.call_id or not signed.security or signed.timestamp is None:
@@ -139,6 +152,19 @@ class EasemobProvider(Provider):
         expected = sign(signed.call_id, self.config.secret, signed.timestamp)
         if not same_secret(signed.security.lower(), expected):
             raise WebhookRejected(401, "invalid security")
+        self._claim(signed.call_id, req)
+
+    def _claim(self, call_id: str, req: WebhookRequest) -> None:
+        """Refuse a fresh callId seen before with another body (see the module doc)."""
+        calls = self._calls
+        horizon = req.now_ms - 2 * self.settings.max_event_age_s * 1000
+        while calls and (len(calls) >= MAX_CALL_IDS or next(iter(calls.values()))[1] < horizon):
+            calls.popitem(last=False)
+        digest = hashlib.sha256(req.body).digest()
+        seen = calls.get(call_id)
+        if seen is not None and seen[0] != digest:
+            raise WebhookRejected(401, "callId already used with another body")
+        calls[call_id] = (digest, req.now_ms)
 
     def parse(self, req: WebhookRequest) -> Parsed:
         body: _Body = decode(req.body, _Body)
