@@ -27,10 +27,13 @@ from gateway.providers.base import (
     query_value,
     same_secret,
 )
+from gateway.providers.easemob import EasemobConfig
+from gateway.providers.netease import NetEaseConfig
 from gateway.providers.openim import OpenIMConfig
 from gateway.providers.rongcloud import RongCloudConfig
 from gateway.providers.standard import StandardConfig
 from gateway.providers.tencent import TencentConfig, TencentProvider
+from gateway.providers.wukongim import WuKongIMConfig
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -49,14 +52,17 @@ def request(client_ip: str | None = "10.0.0.1", **kw: Any) -> WebhookRequest:
 
 
 def test_registry_maps_names_to_classes_and_configs() -> None:
-    """PROVIDERS and CONFIGS cover the four providers, keyed by each class's name."""
-    assert set(PROVIDERS) == {"tencent", "rongcloud", "openim", "standard"}
+    """PROVIDERS and CONFIGS cover the seven providers, keyed by each class's name."""
     assert dict(CONFIGS) == {
         "tencent": TencentConfig,
         "rongcloud": RongCloudConfig,
         "openim": OpenIMConfig,
         "standard": StandardConfig,
+        "easemob": EasemobConfig,
+        "netease": NetEaseConfig,
+        "wukongim": WuKongIMConfig,
     }
+    assert set(PROVIDERS) == set(CONFIGS)
     assert all(cls.name == name for name, cls in PROVIDERS.items())
 
 
