@@ -322,7 +322,10 @@ class Simulation:
         if user.provider == "tencent":
             return gadget.platform
         if user.provider == "openim":
-            return str(OPENIM_PLATFORM[gadget.platform][0])
+            pid = str(OPENIM_PLATFORM[gadget.platform][0])
+            if zlib.crc32(user.name.encode()) % 2:  # OpenIM <= 3.7: a connID per connection
+                return f"{pid}-{self.rng.getrandbits(32):08x}"
+            return pid  # OpenIM >= 3.8.2 sends an empty connID: keyed by platform id
         if user.provider == "rongcloud":
             return f"{self.rng.getrandbits(48):012x}"  # a new session per connection
         return f"{user.name}-{gadget.platform}-{gadget.ident}"
@@ -603,7 +606,7 @@ def build_openim(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
         "platform": name,
         "userID": c.user,
         "seq": c.time,
-        "connID": "" if d.style == 0 else f"{c.device}-{zlib.crc32(c.user.encode()):08x}",
+        "connID": "" if c.device.isdigit() else c.device,  # see Simulation._key
     }
     if c.online:
         body["isAppBackground"] = False
