@@ -42,7 +42,7 @@ EXTENSION = "presence.raw"
 SEND_BUFFER = 128 * 1024  # the kernel doubles it
 MAX_HEAD = 64 * 1024  # request line and headers
 BODY_GRACE_S = 1.0  # the app answers a late body itself (408 in the provider's shape) first
-LINGER_S = 2.0  # a refused connection may read our 503 this long before it is cut
+LINGER_S = 2.0  # an answered, ending connection may read our answer this long before a cut
 
 access_log = logging.getLogger("gateway.access")
 _default_edge: Edge | None = None
@@ -97,7 +97,7 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.in_head = True  # bytes now arriving belong to a request line or headers
         self.head_bytes = 0
-        self.refused = False
+        self.draining = False  # answered and ending: what comes in is dropped
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -115,13 +115,25 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _refuse(self) -> None:
-        """Answer 503 before parsing anything; let the client read it, then cut."""
-        self.refused = True
+        """Answer 503 before parsing anything."""
         self.edge.note_refused()
-        self.transport.write(REFUSED)
+        self._end(REFUSED)
+
+    def _end(self, response: bytes) -> None:
+        """Send ``response`` and an end, drop what still comes in, cut after ``LINGER_S``.
+
+        Closing with unread data in the socket would reset the connection, and a reset may
+        destroy the response before the client reads it; the client closes on seeing the
+        end (``eof_received`` then closes), or the linger timer cuts it.
+        """
+        self.draining = True
+        self._disarm()
+        self.transport.write(response)
         if self.transport.can_write_eof():
-            self.transport.write_eof()  # the client sees the 503 and an end, then closes
-        self.deadline = self.loop.call_later(LINGER_S, self.transport.abort)
+            self.transport.write_eof()
+            self.deadline = self.loop.call_later(LINGER_S, self.transport.abort)
+        else:
+            self.transport.close()
 
     def _arm(self, seconds: float | None = None) -> None:
         if self.deadline is None:
@@ -139,7 +151,7 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
         self._answer(408, "request not received in time")
 
     def _answer(self, status: int, reason: str) -> None:
-        if self.transport.is_closing():
+        if self.draining or self.transport.is_closing():
             return
         cycle = self.cycle
         started = False
@@ -147,14 +159,15 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
             started = cycle.response_started
             cycle.disconnected = True  # the app's receive() ends, its sends go nowhere
             cycle.message_event.set()
-        if not started:
-            self.transport.write(_plain(status, reason))
         access_log.info("- - %d %s", status, reason)
-        self.transport.close()
+        if started:
+            self.transport.close()
+        else:
+            self._end(_plain(status, reason))
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
-            return  # read and dropped, so closing later is not a reset before our 503
+        if self.draining:
+            return  # read and dropped: see _end
         if self.in_head:
             self.head_bytes += len(data)
         super().data_received(data)

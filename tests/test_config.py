@@ -128,3 +128,43 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert "bad.toml" in err and "apps[0].api_key" in err
     assert main(["check-config", str(tmp_path / "missing.toml")]) == 2
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_empty_presence_config_is_an_error(value: str) -> None:
+    """PRESENCE_CONFIG set to an empty string is a startup error naming it, never dev mode."""
+    with pytest.raises(ConfigError) as info:
+        config.load(None, env={"PRESENCE_CONFIG": value}, host="127.0.0.1")
+    assert "PRESENCE_CONFIG" in str(info.value)
+    with pytest.raises(ConfigError):
+        config.load("", env={})  # --config "" too
+
+
+def test_missing_presence_config_file_is_an_error(tmp_path: Path) -> None:
+    """PRESENCE_CONFIG naming a file that does not exist is an error naming the file."""
+    missing = str(tmp_path / "gw.tmol")
+    with pytest.raises(ConfigError) as info:
+        config.load(None, env={"PRESENCE_CONFIG": missing}, host="0.0.0.0")
+    assert missing in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "gateway.internal"])
+def test_dev_mode_refused_off_loopback(host: str) -> None:
+    """With no config, asking to listen on a non-loopback address refuses dev mode."""
+    with pytest.raises(ConfigError) as info:
+        config.load(None, env={"REDIS_URL": "redis://prod:6379/0"}, host=host)
+    assert "PRESENCE_CONFIG" in str(info.value) and "loopback" in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_dev_mode_allowed_on_loopback(host: str) -> None:
+    """With no config, a loopback bind address starts dev mode."""
+    assert config.load(None, env={}, host=host).dev_mode
+
+
+def test_config_file_may_listen_anywhere(tmp_path: Path) -> None:
+    """A real config file is not limited to loopback."""
+    f = tmp_path / "gw.toml"
+    f.write_text(GOOD)
+    s = config.load(None, env={"PRESENCE_CONFIG": str(f)}, host="0.0.0.0")
+    assert not s.dev_mode and "acme" in s.apps
