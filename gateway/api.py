@@ -1,15 +1,20 @@
-"""The server API and operations endpoints (SPEC section 6) and dev tokens (section 7)."""
+"""The server API and operations endpoints (SPEC section 6) and dev tokens (section 7).
+
+Every JSON body in or out is one of the Structs below (or ``UserState``), so the OpenAPI
+document (``gateway.openapi``) is generated from exactly what the routes encode.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import parse_qsl
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 
 from gateway import tokens
 from gateway.errors import StoreUnavailable
@@ -19,23 +24,76 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 MAX_QUERY_USERS = 1000
-USER_ID = re.compile(r"^.{1,256}$", re.DOTALL)
+MAX_QUERY_FIELDS = 2 * MAX_QUERY_USERS  # parameters of any name, repeats included
+USER_ID_MAX = 256
+USER_ID = re.compile(r"\A.{1,256}\Z", re.DOTALL)
+MAX_API_KEY = 4096  # a longer Authorization header is refused before any comparison
 _encoder = msgspec.json.Encoder()
+
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=USER_ID_MAX)]
 
 
 class PresenceReply(msgspec.Struct):
+    """``GET /v1/apps/{app}/presence``: the state of every user asked for, in order."""
+
     presence: list[UserState]
 
 
-def error(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=status)
+class TokenReply(msgspec.Struct):
+    """``GET /v1/apps/{app}/dev-token``: a client token for the WebSocket hello."""
+
+    token: str
+
+
+class ErrorReply(msgspec.Struct):
+    """Any refusal of the server API: a short reason, never a traceback."""
+
+    error: str
+
+
+def json_response(body: msgspec.Struct, status: int = 200) -> Response:
+    return Response(_encoder.encode(body), status_code=status, media_type="application/json")
+
+
+def error(status: int, reason: str) -> Response:
+    return json_response(ErrorReply(reason), status)
+
+
+class BadQuery(Exception):
+    """The query string cannot be read; the message is the 400 reason."""
+
+
+def query_values(request: Request, name: str) -> list[str]:
+    """Every value of ``name`` in the query string, decoded strictly.
+
+    Starlette replaces invalid UTF-8 in percent-escapes, which would silently query a
+    different user; here it is refused, and so is a query of more than MAX_QUERY_FIELDS
+    parameters (counted before any is decoded).
+    """
+    raw: bytes = request.scope.get("query_string", b"")
+    try:
+        pairs = parse_qsl(
+            raw.decode("latin-1"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise BadQuery("the query string is not valid UTF-8") from None
+    except ValueError:
+        raise BadQuery(f"at most {MAX_QUERY_FIELDS} query parameters") from None
+    return [value for key, value in pairs if key == name]
 
 
 def _bearer_ok(request: Request, api_key: str) -> bool:
     header = request.headers.get("authorization", "")
+    if len(header) > MAX_API_KEY:
+        return False
     scheme, _, key = header.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(
-        key.strip().encode(), api_key.encode()
+        key.strip().encode("latin-1"),
+        api_key.encode(),  # the header's own bytes
     )
 
 
@@ -46,18 +104,22 @@ async def presence(request: Request, gw: Gateway) -> Response:
         return error(404, "unknown app")
     if not _bearer_ok(request, app.api_key):
         return error(401, "missing or wrong api key")
-    users = list(dict.fromkeys(request.query_params.getlist("user")))
-    if not users:
+    try:
+        given = query_values(request, "user")
+    except BadQuery as exc:
+        return error(400, str(exc))
+    if not given:
         return error(400, "give at least one user=")
-    if len(users) > MAX_QUERY_USERS:
+    if len(given) > MAX_QUERY_USERS:
         return error(400, f"at most {MAX_QUERY_USERS} users per query")
-    if not all(USER_ID.match(u) for u in users):
-        return error(400, "user ids are 1 to 256 characters")
+    if not all(USER_ID.match(u) for u in given):
+        return error(400, f"user ids are 1 to {USER_ID_MAX} characters")
+    users = list(dict.fromkeys(given))
     try:
         states = await gw.store.get(app.id, users)
     except StoreUnavailable:
         return error(503, "store unavailable")
-    return Response(_encoder.encode(PresenceReply(states)), media_type="application/json")
+    return json_response(PresenceReply(states))
 
 
 async def dev_token(request: Request, gw: Gateway) -> Response:
@@ -65,10 +127,13 @@ async def dev_token(request: Request, gw: Gateway) -> Response:
     app = gw.settings.apps.get(request.path_params["app"])
     if app is None or not app.dev_tokens:
         return error(404, "not found")
-    user = request.query_params.get("user", "")
-    if not USER_ID.match(user):
-        return error(400, "give user= (1 to 256 characters)")
-    return JSONResponse({"token": tokens.issue(app.client_secret, app.id, user)})
+    try:
+        users = query_values(request, "user")
+    except BadQuery as exc:
+        return error(400, str(exc))
+    if len(users) != 1 or not USER_ID.match(users[0]):
+        return error(400, f"give one user= (1 to {USER_ID_MAX} characters)")
+    return json_response(TokenReply(tokens.issue(app.client_secret, app.id, users[0])))
 
 
 async def healthz(request: Request, gw: Gateway) -> Response:

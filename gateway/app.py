@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import api, webhooks
+from gateway import api, openapi, webhooks
 from gateway.backends import open_backend
 from gateway.backends.base import Broker, PresenceStore
 from gateway.config import Settings
@@ -173,6 +173,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         Route("/healthz", bind(api.healthz), methods=["GET"]),
         Route("/readyz", bind(api.readyz), methods=["GET"]),
         Route("/metrics", bind(api.metrics), methods=["GET"]),
+        Route("/openapi.json", openapi.serve, methods=["GET"]),
         Route("/", index, methods=["GET"]),
     ]
     if WEB_DIR.is_dir():

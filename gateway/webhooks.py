@@ -132,7 +132,7 @@ async def handle(
     started = time.perf_counter()
     name = provider.name
     counted = _provider_metrics(metrics, name)
-    outcome = "ok"
+    outcome = "error"  # every path that ends well names its outcome; an escape stays "error"
     try:
         client = request.scope.get("client")
         try:
@@ -149,6 +149,9 @@ async def handle(
         except TimeoutError:
             outcome = "timeout"
             return to_response(provider.error(408, "body not received in time"), close=True)
+        except ClientDisconnect:
+            outcome = "disconnected"
+            return Response(status_code=400)  # nobody is left to read it
         scope = request.scope
         rest = scope.get("path_params", {}).get("rest", "")
         client = scope.get("client")
@@ -175,17 +178,20 @@ async def handle(
                 outcome = "unavailable"
                 log.warning("webhook %s/%s: store unavailable, answered 503", app_id, name)
                 return to_response(provider.error(503, "store unavailable, retry later"))
-            except Exception:
-                outcome = "error"
-                log.exception("webhook %s/%s: apply failed", app_id, name)
-                return to_response(provider.error(500, "internal error, retry later"))
             if result.applied:
                 metrics.events_applied.inc(result.applied)
             if result.ignored:
                 metrics.events_ignored.inc(result.ignored)
             if result.published:
                 metrics.states_published.inc(len(result.published))
+        outcome = "ok"
         return to_response(provider.ok())
+    except Exception:
+        # A bug, not the caller's fault: nothing (more) was applied, so the provider's failure
+        # shape with 503 asks it to retry; SPEC allows no other 5xx. The traceback stays here.
+        outcome = "error"
+        log.exception("webhook %s/%s failed, answered 503", app_id, name)
+        return to_response(provider.error(503, "internal error, retry later"))
     finally:
         counted.outcome(outcome).inc()
         counted.seconds.observe(time.perf_counter() - started)
