@@ -30,6 +30,7 @@ from gateway.metrics import Metrics
 from gateway.providers import PROVIDERS
 from gateway.providers.base import Provider
 from gateway.session import Session
+from gateway.startup import startup_warnings
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
@@ -158,6 +159,8 @@ def create_app(settings: Settings) -> WebSocketFront:
                 "DEV MODE: no config file, app 'demo' with well-known secrets and dev tokens; "
                 "not for production (set PRESENCE_CONFIG or --config)"
             )
+        for warning in startup_warnings(settings):
+            log.warning("config %s: %s", settings.source, warning)
         await gw.start()
         try:
             yield {Edge.STATE_KEY: gw.edge}  # uvicorn hands it to every connection (transport)
@@ -173,6 +176,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         Route("/healthz", bind(api.healthz), methods=["GET"]),
         Route("/readyz", bind(api.readyz), methods=["GET"]),
         Route("/metrics", bind(api.metrics), methods=["GET"]),
+        Route("/openapi.json", openapi.serve, methods=["GET"]),
         Route("/openapi.json", openapi.serve, methods=["GET"]),
         Route("/", index, methods=["GET"]),
     ]
