@@ -177,7 +177,6 @@ def create_app(settings: Settings) -> WebSocketFront:
         Route("/readyz", bind(api.readyz), methods=["GET"]),
         Route("/metrics", bind(api.metrics), methods=["GET"]),
         Route("/openapi.json", openapi.serve, methods=["GET"]),
-        Route("/openapi.json", openapi.serve, methods=["GET"]),
         Route("/", index, methods=["GET"]),
     ]
     if WEB_DIR.is_dir():

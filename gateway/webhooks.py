@@ -169,6 +169,19 @@ async def handle(
             outcome = f"rejected_{exc.status}"
             log.info("webhook %s/%s rejected: %s %s", app_id, name, exc.status, exc.reason)
             return to_response(provider.error(exc.status, exc.reason))
+        if parsed.replay_key is not None:  # a signature that does not cover the body
+            try:
+                fresh = await store.claim_request(
+                    app_id, parsed.replay_key, parsed.digest, parsed.replay_ttl_ms
+                )
+            except StoreUnavailable:
+                outcome = "unavailable"
+                log.warning("webhook %s/%s: store unavailable, answered 503", app_id, name)
+                return to_response(provider.error(503, "store unavailable, retry later"))
+            if not fresh:
+                outcome = "rejected_401"
+                log.info("webhook %s/%s rejected: replayed signature", app_id, name)
+                return to_response(provider.error(401, "signature already used for another body"))
         if parsed.unused:
             counted.unused.inc(parsed.unused)
         if parsed.events:

@@ -90,6 +90,18 @@ class PresenceStore(Protocol):
         """Release connections. Idempotent."""
         ...
 
+    async def claim_request(self, app: str, key: str, digest: bytes, ttl_ms: int) -> bool:
+        """Claim the signed request ``key`` of ``app`` for a body with sha256 ``digest``.
+
+        Contract: True when ``key`` was not claimed within the last ``ttl_ms`` (it is now held
+        with ``digest`` for ``ttl_ms``) or is held with the same ``digest`` (a retry: the hold
+        is not extended); False when it is held with another digest (a replayed signature
+        carrying another body). Atomic across every node sharing the store: of concurrent
+        claims of one key with different digests exactly one returns True. ``key`` is
+        bounded and brace-free (a hex hash); raises ``StoreUnavailable`` when the store is down.
+        """
+        ...
+
 
 class Broker(Protocol):
     """The feed of published states, by interest.

@@ -18,6 +18,7 @@ from gateway.backends.base import (
     PresenceSettings,
     ResetHandler,
 )
+from gateway.backends.claims import Claims
 from gateway.model import (
     DeviceRecord,
     PresenceEvent,
@@ -169,3 +170,10 @@ class MemoryStore:
 
     async def close(self) -> None:
         pass
+
+    _claims: Claims | None = None  # replay claims (claim_request), made on first use
+
+    async def claim_request(self, app: str, key: str, digest: bytes, ttl_ms: int) -> bool:
+        if self._claims is None:
+            self._claims = Claims()
+        return self._claims.claim((app, key), digest, ttl_ms, clock_ms())

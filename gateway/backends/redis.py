@@ -595,6 +595,14 @@ class RedisStore:
         return replies
 
 
+    async def claim_request(self, app: str, key: str, digest: bytes, ttl_ms: int) -> bool:
+        """One ``SET NX GET PX`` (Redis >= 7.0) on ``<prefix>:n:{<app>/<key>}`` (its own slot)."""
+        name = f"{self.prefix}:n:{{{app}/{key}}}".encode()
+        claim = command(b"SET", name, digest, b"NX", b"GET", b"PX", b"%d" % max(ttl_ms, 1))
+        with unavailable("claim"):
+            [held] = await self._run_node(await self._node(name), [claim])
+        return held is None or held == digest
+
 def connect(
     url: str,
     *,

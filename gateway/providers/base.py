@@ -74,6 +74,12 @@ class Parsed:
     events: list[PresenceEvent] = field(default_factory=list)
     unused: int = 0  # commands / events acked but not used
     command: str = ""  # bounded label for metrics and logs
+    # A signature that does not cover the body (RongCloud) may be replayed with another body
+    # while it is fresh: the route claims ``replay_key`` with the body's sha256 for
+    # ``replay_ttl_ms`` in the store, and refuses (401) a key seen with another digest.
+    replay_key: str | None = None
+    digest: bytes = b""
+    replay_ttl_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +222,8 @@ def decode(body: bytes, type_: Any) -> Any:
         raise WebhookRejected(400, "malformed body: invalid UTF-8") from None
     except msgspec.MsgspecError as exc:
         raise WebhookRejected(400, clip(f"malformed body: {exc}")) from None
+    except RecursionError:  # msgspec's own depth limit (~1000 nested arrays or objects)
+        raise WebhookRejected(400, "malformed body: nested too deeply") from None
 
 
 def check_id(value: str, what: str) -> str:

@@ -1,8 +1,12 @@
 """RongCloud: the user online status subscription.
 
 The signature (query string; the same names are also read from headers) covers only the
-app secret, a nonce and a timestamp, so the timestamp must be fresh. The device key is
-``sessionId``; ``clientIp`` is never used.
+app secret, a nonce and a timestamp, not the body: the timestamp must be within 5 minutes
+of now, and a captured signed query could carry another body while it is fresh. So every
+request names its signed query (``Parsed.replay_key``, a hash of nonce, timestamp and
+signature) and its body's sha256; the route claims the pair in the store, which refuses the
+same query with another body on every node (a retry with the same body is acked). The device
+key is ``sessionId``; ``clientIp`` is never used.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from gateway.providers.base import (
 )
 
 COMMAND = "online_status"
+WINDOW_S = 5 * 60  # signature timestamps further than this from now are refused
+_CLAIM_MARGIN_MS = 60_000  # a replay claim outlives the window by this (nodes' clocks differ)
 _OK = Reply(200, json_encoder.encode({"code": 200}))
 _SECONDS_BELOW = 10**11  # a timestamp under this is in seconds (10**11 ms is in 1973)
 _STATUS = {"0": (True, ""), "1": (False, "offline"), "2": (False, "logout")}
@@ -77,6 +83,22 @@ def _param(req: WebhookRequest, names: tuple[str, ...]) -> str | None:
     return None
 
 
+def _replay_claim(req: WebhookRequest, parsed: Parsed) -> None:
+    """Name the verified signed query and the body in ``parsed``, for the route to claim."""
+    nonce = _param(req, _NONCE) or ""
+    timestamp = _param(req, _TIMESTAMP) or ""
+    signature = (_param(req, _SIGNATURE) or "").lower()
+    if not (0 < len(timestamp) <= 16 and timestamp.isascii() and timestamp.isdigit()):
+        return  # not a verified request (``verify`` refuses this): nothing to claim
+    signed = f"{nonce}\n{timestamp}\n{signature}".encode()
+    parsed.replay_key = hashlib.sha256(signed).hexdigest()
+    parsed.digest = hashlib.sha256(req.body).digest()
+    ts = int(timestamp)
+    ts_ms = ts * 1000 if ts < _SECONDS_BELOW else ts
+    # Until the timestamp leaves the window (plus a margin): the query is refused after that.
+    parsed.replay_ttl_ms = max(ts_ms + WINDOW_S * 1000 - req.now_ms, 0) + _CLAIM_MARGIN_MS
+
+
 class RongCloudProvider(Provider):
     """RongCloud online status webhooks."""
 
@@ -97,7 +119,7 @@ class RongCloudProvider(Provider):
             raise WebhookRejected(401, "invalid timestamp")
         ts = int(timestamp)
         ts_ms = ts * 1000 if ts < _SECONDS_BELOW else ts
-        if abs(req.now_ms - ts_ms) > self.settings.max_event_age_s * 1000:
+        if abs(req.now_ms - ts_ms) > WINDOW_S * 1000:
             raise WebhookRejected(401, "stale timestamp")
         expected = sign(self.config.app_secret, nonce, timestamp)
         if not same_secret(signature.lower(), expected):
@@ -107,6 +129,7 @@ class RongCloudProvider(Provider):
         decoded: list[_Event] | _Event = decode(req.body, list[_Event] | _Event)
         items = decoded if isinstance(decoded, list) else [decoded]
         parsed = Parsed(command=COMMAND)
+        _replay_claim(req, parsed)
         events = parsed.events
         platforms: dict[str, str] = {}  # a batch repeats a few os names
         for item in items:
