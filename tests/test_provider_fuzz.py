@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gateway.backends.base import PresenceSettings
-from gateway.providers import rongcloud, standard, tencent
+from gateway.providers import easemob, netease, rongcloud, standard, tencent
 from gateway.providers.base import (
     MAX_ID_LENGTH,
     MAX_MS,
@@ -26,10 +26,13 @@ from gateway.providers.base import (
     WebhookRejected,
     WebhookRequest,
 )
+from gateway.providers.easemob import EasemobConfig, EasemobProvider
+from gateway.providers.netease import NetEaseConfig, NetEaseProvider
 from gateway.providers.openim import OpenIMConfig, OpenIMProvider
 from gateway.providers.rongcloud import RongCloudConfig, RongCloudProvider
 from gateway.providers.standard import StandardConfig, StandardProvider
 from gateway.providers.tencent import TencentConfig, TencentProvider
+from gateway.providers.wukongim import WuKongIMConfig, WuKongIMProvider
 
 NOW = 1763700000000
 NOW_S = NOW // 1000
@@ -44,6 +47,8 @@ TENCENT_TOKEN = "fuzz-token"
 RC_KEY, RC_SECRET = "rk", "rs"
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OPENIM_TOKEN = "fuzz-openim-token"
+EASEMOB_SECRET = "fuzz-easemob-secret"
+NETEASE = NetEaseConfig(app_key="nk", app_secret="fuzz-netease-secret")
 
 # -- bodies -------------------------------------------------------------------------------
 
@@ -109,6 +114,28 @@ TEMPLATES: dict[str, Any] = {
             {"user": "bob", "device": "d1", "platform": "web", "status": "online", "time": NOW}
         ]
     },
+    "easemob": {
+        "callId": "org#app_260ae3eb",
+        "reason": "login",
+        "security": "",
+        "os": "ios",
+        "ip": "223.71.97.198:52709",
+        "host": "msync@ebs",
+        "appkey": "org#app",
+        "user": "org#app_bob@easemob.com/ios_a5fa01fd",
+        "version": "3.8.9.1",
+        "timestamp": NOW - 5,
+        "status": "online",
+    },
+    "netease": {
+        "clientType": "AOS",
+        "code": "200",
+        "accid": "bob",
+        "eventType": "2",
+        "deviceId": "c25f82d0",
+        "timestamp": str(NOW - 5),
+    },
+    "wukongim": ["bob-1-1-1001-1-1", "carol-0-0-7-0-0"],
 }
 
 
@@ -228,11 +255,38 @@ def _request(
     )
 
 
+def easemob_request(body: bytes) -> WebhookRequest:
+    """The body re-signed (``security``) when it has a callId and timestamp to sign."""
+    try:
+        doc = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        doc = None
+    if isinstance(doc, dict):
+        call_id, ts = doc.get("callId"), doc.get("timestamp")
+        if isinstance(call_id, str) and isinstance(ts, int | str) and not isinstance(ts, bool):
+            doc["security"] = easemob.sign(call_id, EASEMOB_SECRET, ts)
+            body = msgspec.json.encode(doc)
+    return _request(body)
+
+
+def netease_request(body: bytes, cur_time: int = NOW) -> WebhookRequest:
+    return _request(body, headers=netease.signed_headers(NETEASE, body, cur_time))
+
+
+def wukongim_request(
+    body: bytes, event: str = "user.onlinestatus", path: tuple[str, ...] = ("wk-token",)
+) -> WebhookRequest:
+    return _request(body, query=(("event", event),), path=path)
+
+
 SIGNED: dict[str, Callable[..., WebhookRequest]] = {
     "tencent": tencent_request,
     "rongcloud": rongcloud_request,
     "openim": openim_request,
     "standard": standard_request,
+    "easemob": easemob_request,
+    "netease": netease_request,
+    "wukongim": wukongim_request,
 }
 
 
@@ -267,6 +321,12 @@ OPTIONS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "msg_id": st.text(min_size=1, max_size=20),
         "ts": mostly(NOW_S, NOW_S - 200, NOW_S + 1000),
     },
+    "easemob": {},
+    "netease": {"cur_time": mostly(NOW, NOW - 10**6, 10**20)},
+    "wukongim": {
+        "event": mostly("user.onlinestatus", "msg.notify", ""),
+        "path": st.one_of(*[mostly(("wk-token",), (), ("wk-token", "x"))] * 3, segments),
+    },
 }
 
 
@@ -298,6 +358,12 @@ def make(name: str) -> Provider:
         return RongCloudProvider(RongCloudConfig(app_key=RC_KEY, app_secret=RC_SECRET), presence)
     if name == "openim":
         return OpenIMProvider(OpenIMConfig(token=OPENIM_TOKEN), presence)
+    if name == "easemob":
+        return EasemobProvider(EasemobConfig(appkey="org#app", secret=EASEMOB_SECRET), presence)
+    if name == "netease":
+        return NetEaseProvider(NETEASE, presence)
+    if name == "wukongim":
+        return WuKongIMProvider(WuKongIMConfig(token="wk-token"), presence)
     return StandardProvider(StandardConfig(secret=WHSEC), presence)
 
 
