@@ -184,3 +184,16 @@ async def test_replayed_signature_with_other_body_is_refused(
         r = await clients[-1].post(path, params=signed_query("4712"), content=offline)
         assert r.status_code == 200  # a freshly signed query carries the offline
         assert (await presence(clients[0], app))["status"] == "offline"
+
+
+async def test_claim_on_a_down_store_is_503(redis_proc: Any) -> None:
+    """With Redis down, a RongCloud request (even one with no events) gets 503, never OK."""
+    settings = make_settings(redis_proc.url, cluster=False)
+    app = next(iter(settings.apps.values()))
+    path = f"/v1/apps/{app.id}/webhooks/rongcloud"
+    async with serve(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        assert (await client.post(path, params=signed_query("1"), content=b"[]")).status_code == 200
+        await redis_proc.astop()
+        r = await client.post(path, params=signed_query("2"), content=b"[]")
+        assert r.status_code == 503
+        assert r.json() == {"code": 503, "error": "store unavailable, retry later"}
