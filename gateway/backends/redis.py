@@ -208,6 +208,7 @@ def _wire(client: Redis | RedisCluster) -> Wire:
     wire = _wires.get(client)
     if wire is None:
         wire = _wires[client] = Wire(client)
+        wire.scripts = [script.load for script in SCRIPTS]  # for NOSCRIPT after a redirect
     return wire
 
 

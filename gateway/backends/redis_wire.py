@@ -12,11 +12,16 @@ connection (auth, TLS, db, unix socket) and the Cluster topology, and sends its 
 - a ``Lane`` is one connection to one node that every caller shares. A call on a quiet lane
   writes its commands (already encoded) at once; while calls are in flight, later ones queue
   and one writer task writes everything queued in one write; one reader task hands the
-  replies out in order. A connection that fails, or leaves its oldest call unanswered past
-  the timeout, fails every call on it; the next call reconnects, one attempt at a time
-  however many callers wait.
+  replies out in order. A connection that fails, or leaves the call at the head of its queue
+  unanswered for the timeout (counted from when the calls ahead of it were answered, so a
+  slow call does not fail the quick ones queued behind it), fails every call on it; the next
+  call reconnects, one attempt at a time however many callers wait.
 - a ``Wire`` routes: standalone Redis is one lane; Redis Cluster one lane per primary, by hash
-  slot, following MOVED and ASK and re-reading the topology after a MOVED or a lost node.
+  slot, following MOVED and ASK (and waiting out TRYAGAIN while a slot migrates), and
+  re-reading the topology after a MOVED, CLUSTERDOWN, or a failed or timed-out connection.
+  Every lane, to a node known at startup or one met later (added, promoted, moved), connects
+  with the client's connection class and settings (TLS, AUTH, timeouts), host and port aside;
+  the lane of a node that no longer serves slots is closed once its calls are answered.
 
 Error replies come back as exception values (``ResponseError`` and subclasses), in place.
 """
@@ -29,18 +34,57 @@ import contextlib
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS
-from redis.exceptions import AskError, MovedError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 MAX_REDIRECTS = 3
 LATE_LOOK_S = 0.05  # a call past its deadline is failed if still unanswered this much later
+TRYAGAIN_WAITS_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)  # a migrating slot's multi-key call
+
+
+def safe_url(url: str) -> str:
+    """``url`` fit for logs and error messages: any password shown as ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # unparseable (a bad port): keep nothing of it
+        return "<redis url>"
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (and ``url`` itself) masked."""
+    text = text.replace(url, safe_url(url))
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***").replace(unquote(password), "***")
+    return text
 
 
 def bulk(value: bytes) -> bytes:
@@ -94,6 +138,18 @@ class Lane:
         self._outbox: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self._suspect: _Call | None = None  # the oldest call, seen past its deadline once
+        self.retiring = False  # the node serves no slots now: close once no call is left
+
+    @property
+    def busy(self) -> bool:
+        """Whether calls are in flight or queued."""
+        return bool(self._calls)
+
+    def retire(self) -> None:
+        """Close the connection as soon as no call is in flight (at once when none is)."""
+        self.retiring = True
+        if not self._calls:
+            self._fail(self._epoch, RedisConnectionError(f"{self.name} retired"))
 
     async def call(self, packed: bytes, count: int) -> list[Any]:
         """Send ``count`` encoded commands; return their ``count`` replies, in order.
@@ -167,6 +223,7 @@ class Lane:
     async def _read(self, conn: AbstractConnection, epoch: int) -> None:
         """Hand each reply to the oldest call, until the connection fails or is closed."""
         calls = self._calls
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -181,6 +238,15 @@ class Lane:
                     calls.popleft()
                     if not call.future.done():  # not cancelled
                         call.future.set_result(call.replies)
+                    if calls:
+                        # The next call's wait begins now: the time Redis spent on the
+                        # calls ahead of it is not its own (fair to calls behind a slow one).
+                        head = calls[0]
+                        if self._timeout:
+                            head.deadline = max(head.deadline, loop.time() + self._timeout)
+                    elif self.retiring:
+                        self._fail(epoch, RedisConnectionError(f"{self.name} retired"))
+                        return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -191,6 +257,10 @@ class Lane:
 
     def _check(self) -> None:
         """The watchdog: fail the lane when its oldest call is past its deadline.
+
+        The oldest call's deadline is the timeout from when it was sent or from when the call
+        ahead of it was answered, whichever is later: a connection that answers nothing fails
+        within the timeout, one that is busy with a long call ahead does not fail the rest.
 
         Past the deadline the call gets one more look a little later: the event loop runs
         due timers before it reads sockets, so after the loop itself was held up (a long
@@ -301,9 +371,13 @@ class Wire:
         self._client = weakref.ref(client)
         self.cluster = isinstance(client, RedisCluster)
         self._lanes: dict[str, Lane] = {}
+        self._retired: set[Lane] = set()  # closing once their calls are answered
         self._slots: list[str] = []  # Cluster: the primary's name for each hash slot
         self._stale = True
         self._refreshing: asyncio.Lock | None = None
+        # Commands that load what a node lacks when it answers NOSCRIPT after a redirect
+        # (a node added or promoted has an empty script cache); the store sets them.
+        self.scripts: Sequence[bytes] = ()
         if isinstance(client, Redis):
             pool = client.connection_pool
             self._timeout = pool.connection_kwargs.get("socket_timeout")
@@ -337,41 +411,72 @@ class Wire:
             await self._refresh()
         return sorted(set(self._slots))
 
+    def invalidate(self) -> None:
+        """Have the next call re-read the Cluster topology."""
+        self._stale = self.cluster
+
     async def run(self, node: str, commands: Sequence[bytes]) -> list[Any]:
         """Run encoded ``commands`` on ``node`` in one write; their replies, in order.
 
         One retry on a fresh connection when the connection failed (a stale connection after a
-        restart); none on a timeout. On Cluster a MOVED or ASK reply is followed to its node.
+        restart); none on a timeout. On Cluster a MOVED or ASK reply is followed to its node,
+        TRYAGAIN retried briefly, and any failure has the next call re-read the topology.
         """
         packed = commands[0] if len(commands) == 1 else b"".join(commands)
         try:
-            replies = await self._lane(node).call(packed, len(commands))
-        except RedisConnectionError:
-            self._stale = self.cluster
-            replies = await self._lane(node).call(packed, len(commands))
+            try:
+                replies = await self._lane(node).call(packed, len(commands))
+            except RedisConnectionError:
+                self.invalidate()
+                replies = await self._lane(node).call(packed, len(commands))
+        except (RedisConnectionError, RedisTimeoutError):
+            self.invalidate()
+            raise
         if self.cluster:
             for i, reply in enumerate(replies):
-                if isinstance(reply, AskError):  # MovedError is one too
-                    replies[i] = await self._follow(commands[i], reply)
+                if isinstance(reply, AskError | TryAgainError | ClusterDownError):
+                    replies[i] = await self._follow(node, commands[i], reply)
         return replies
 
     async def close(self) -> None:
         lanes, self._lanes = self._lanes, {}
-        for lane in lanes.values():
+        retired, self._retired = self._retired, set()
+        for lane in [*lanes.values(), *retired]:
             await lane.close()
 
-    async def _follow(self, cmd: bytes, reply: Any) -> Any:
-        """Run ``cmd`` where a MOVED or ASK reply sent it, as many times as it takes (few)."""
-        for _ in range(MAX_REDIRECTS):
-            if not isinstance(reply, AskError):
-                return reply
-            node = f"{reply.host}:{reply.port}"
+    async def _follow(self, node: str, cmd: bytes, reply: Any) -> Any:
+        """Run ``cmd`` where a MOVED or ASK reply sent it, as many times as it takes (few).
+
+        TRYAGAIN (a multi-key call while its slot migrates) is sent again after a short wait;
+        NOSCRIPT on a node redirected to loads the scripts there first.
+        """
+        asking = False
+        redirects = waits = 0
+        loaded = False
+        while True:
             if isinstance(reply, MovedError):
                 self._stale = True  # the slot moved for good: re-read the topology
-                [reply] = await self._lane(node).call(cmd, 1)
-            else:  # ASK: this one command, once, on the node importing the slot
+                node, asking = f"{reply.host}:{reply.port}", False
+                redirects += 1
+            elif isinstance(reply, AskError):  # ASK: this command, once, on the importing node
+                node, asking = f"{reply.host}:{reply.port}", True
+                redirects += 1
+            elif isinstance(reply, TryAgainError) and waits < len(TRYAGAIN_WAITS_S):
+                await asyncio.sleep(TRYAGAIN_WAITS_S[waits])
+                waits += 1
+            elif isinstance(reply, NoScriptError) and redirects and self.scripts and not loaded:
+                loaded = True
+                await self._lane(node).call(b"".join(self.scripts), len(self.scripts))
+            else:
+                if isinstance(reply, ClusterDownError):
+                    self._stale = True
+                return reply
+            if redirects > MAX_REDIRECTS:
+                return reply
+            if asking:
                 [_, reply] = await self._lane(node).call(ASKING + cmd, 2)
-        return reply
+            else:
+                [reply] = await self._lane(node).call(cmd, 1)
 
     def _lane(self, node: str) -> Lane:
         lane = self._lanes.get(node)
@@ -390,20 +495,26 @@ class Wire:
         return lane
 
     def _factory(self, node: str) -> Callable[[], AbstractConnection]:
+        """Connections to ``node`` as the client makes them (class, TLS, AUTH, timeouts).
+
+        On Cluster every node, known at startup or not (added, promoted, readdressed), is
+        configured the way redis-py configures the nodes it discovers: from the client's
+        shared connection settings with only the address changed.
+        """
         client = self.client
         if isinstance(client, Redis):
             pool = client.connection_pool
             return lane_factory(pool.connection_class, pool.connection_kwargs)
-        manager = client.nodes_manager
-        known = manager.nodes_cache.get(node)
-        if known is not None:
-            return lane_factory(known.connection_class, known.connection_kwargs)
-        host, _, port = node.rpartition(":")  # a node we were redirected to
-        kwargs = {**manager.connection_kwargs, "host": host, "port": int(port)}
-        return lane_factory(Connection, kwargs)
+        host, _, port = node.rpartition(":")
+        made = ClusterNode(host, int(port), **client.nodes_manager.connection_kwargs)
+        return lane_factory(made.connection_class, made.connection_kwargs)
 
     async def _refresh(self) -> None:
-        """Read the Cluster topology (once, however many callers want it)."""
+        """Read the Cluster topology (once, however many callers want it).
+
+        The lanes of nodes that no longer serve a slot (demoted, removed, readdressed) close
+        once their calls are answered; a node met again later gets a fresh lane.
+        """
         client = self.client
         assert isinstance(client, RedisCluster)
         if self._refreshing is None:
@@ -420,3 +531,10 @@ class Wire:
                 manager.get_node_from_slot(slot).name for slot in range(REDIS_CLUSTER_HASH_SLOTS)
             ]
             self._stale = False
+            serving = set(self._slots)
+            self._retired = {lane for lane in self._retired if lane.busy}
+            for name in [name for name in self._lanes if name not in serving]:
+                lane = self._lanes.pop(name)
+                lane.retire()
+                if lane.busy:
+                    self._retired.add(lane)
