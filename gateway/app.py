@@ -63,8 +63,7 @@ class Gateway:
         await self.hub.start()
         await self.broker.start()
         grace = self.settings.presence.offline_grace_ms
-        if grace > 0:
-            self._sweeper = asyncio.create_task(self._sweep(grace), name="grace-sweeper")
+        self._sweeper = asyncio.create_task(self._sweep(grace), name="grace-sweeper")
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -79,7 +78,7 @@ class Gateway:
 
     async def _sweep(self, grace_ms: int) -> None:
         """Publish offlines whose grace ran out; every node sweeps, the store dedupes."""
-        interval = min(0.25, max(0.02, grace_ms / 4000))
+        interval = min(0.25, max(0.02, grace_ms / 4000)) if grace_ms > 0 else 1.0
         while True:
             await asyncio.sleep(interval)
             try:

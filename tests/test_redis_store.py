@@ -102,12 +102,16 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
 
 
 async def test_key_expires_only_when_all_offline(store: RedisStore, raw: Redis) -> None:
-    """The user's key has no TTL while a device is online, retention + max age once offline."""
+    """The user's key has no TTL while a device is online, last-seen retention once offline."""
     key = store.key("app", "bob")
     await store.apply("app", [on("bob", "d1", NOW)], NOW)
     assert await raw.pttl(key) == -1
     await store.apply("app", [off("bob", "d1", NOW + 1)], NOW + 1)
-    assert 140_000 < await raw.pttl(key) <= 150_000
+    retention = store.settings.last_seen_retention_s * 1000  # counted from the last-seen time
+    assert retention - 10_000 < await raw.pttl(key) <= retention
+    await store.apply("app", [on("bob", "d2", NOW + 2)], NOW + 2)
+    assert await raw.pttl(key) == -1
+
     await store.apply("app", [on("bob", "d2", NOW + 2)], NOW + 2)
     assert await raw.pttl(key) == -1
 

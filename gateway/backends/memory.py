@@ -39,13 +39,19 @@ def clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+FORGET_PER_APPLY = 64  # expired users an apply drops at most (amortized; the sweep does more)
+FORGET_PER_SWEEP = 10_000  # and a sweep: bounds one call's pause of the event loop
+
+
 class _User:
-    __slots__ = ("grace_until", "records", "state")
+    __slots__ = ("expires", "grace_until", "queued", "records", "state")
 
     def __init__(self, user: str) -> None:
         self.records: dict[str, DeviceRecord] = {}
         self.state = UserState(user)
         self.grace_until: int | None = None  # an offline waiting out offline_grace_ms
+        self.expires: int | None = None  # all offline: forgotten once the clock passes this
+        self.queued: int | None = None  # the time of its entry in MemoryStore._expiry
 
 
 def _platforms(state: UserState) -> list[str]:
@@ -89,6 +95,7 @@ class MemoryStore:
         self.broker = broker or MemoryBroker()
         self._users: dict[tuple[str, str], _User] = {}
         self._due: list[tuple[int, str, str]] = []  # heap of (grace end, app, user)
+        self._expiry: list[tuple[int, str, str]] = []  # heap of (expires, app, user), see _forget
 
     async def apply(
         self, app: str, events: Sequence[PresenceEvent], now_ms: int | None = None
@@ -103,6 +110,8 @@ class MemoryStore:
                 result.ignored += 1
                 continue
             entry = self._users.get((app, ev.user))
+            if entry is not None and entry.expires is not None and entry.expires < now:
+                entry = None  # expired (Redis: the key is gone), not yet swept
             if entry is None:
                 entry = self._users[(app, ev.user)] = _User(ev.user)
             current = entry.records.get(ev.device)
@@ -128,9 +137,53 @@ class MemoryStore:
                     continue  # back on the same platforms within the grace: nothing to show
             if self._publish(entry, fresh, now):
                 result.published.append(entry.state)
+        for entry in touched.values():
+            self._expire_later(app, entry, now)
+        self._forget(now, FORGET_PER_APPLY)
         for state in result.published:
             await self.broker.publish(app, state.user, state_encoder.encode(state))
         return result
+
+    def _expire_later(self, app: str, entry: _User, now: int) -> None:
+        """Set when ``entry`` is forgotten: never while a device is online; else, as on Redis,
+        ``last_seen_retention`` after its last-seen time (its latest offline record)."""
+        seen: int | None = None
+        for rec in entry.records.values():
+            if rec.online:
+                entry.expires = None
+                return
+            if seen is None or rec.time > seen:
+                seen = rec.time
+        entry.expires = (now if seen is None else seen) + self.settings.last_seen_retention_s * 1000
+        if entry.queued is None or entry.expires < entry.queued:
+            entry.queued = entry.expires  # one live heap entry per user, so the heap stays small
+            heapq.heappush(self._expiry, (entry.expires, app, entry.state.user))
+
+    def _forget(self, now: int, limit: int) -> None:
+        """Drop up to ``limit`` users whose expiry passed: they read as unknown again.
+
+        Each user has at most one live entry in the heap (at ``queued``); a user whose
+        expiry moved later since is queued again at the new time.
+        """
+        heap = self._expiry
+        while limit > 0 and heap and heap[0][0] < now:
+            at, app, user = heapq.heappop(heap)
+            entry = self._users.get((app, user))
+            if entry is None or entry.queued != at:
+                continue  # forgotten already, or superseded by an earlier entry
+            entry.queued = None
+            limit -= 1
+            if entry.expires is None:
+                continue  # online again
+            if entry.expires < now:
+                del self._users[(app, user)]
+            else:
+                entry.queued = entry.expires
+                heapq.heappush(heap, (entry.expires, app, user))
+
+    def __len__(self) -> int:
+        """The users held (operators and tests: memory use follows it)."""
+        return len(self._users)
 
     def _publish(self, entry: _User, fresh: UserState, now: int) -> bool:
         """Store ``fresh`` as the published state if watchers would see a change."""
@@ -142,6 +195,7 @@ class MemoryStore:
 
     async def sweep(self, now_ms: int | None = None) -> int:
         now = clock_ms() if now_ms is None else now_ms
+        self._forget(now, FORGET_PER_SWEEP)
         published = 0
         while self._due and self._due[0][0] <= now:
             due, app, user = heapq.heappop(self._due)

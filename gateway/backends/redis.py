@@ -7,36 +7,55 @@ key and channel always share a slot)::
     <prefix>:u:{<tag>}   hash  d:<device> -> "<time>,<0|1>,<off>,<on1>;<on2>;…,<platform>"
                                   a device record (``DeviceRecord``; platform last)
                                s -> the last published state (JSON)   v -> its version
+                               g -> while an offline waits out the grace: when it ends (ms)
     <prefix>:c:{<tag>}   shard channel: every state published for the user (SPUBLISH)
 
     <prefix>:grace       sorted set  <tag> -> when the user's offline grace ends (ms)
+                         (standalone Redis: the one grace index)
+    <prefix>:grace:{<s>} the same, on Cluster: one index per hash slot, holding the users of
+                         that slot; ``<s>`` is a short tag hashing to the slot (``slot_tag``)
+    <prefix>:gh:{<s>}    sorted set  <slot> -> the earliest grace end in that slot's index: a
+                         Cluster primary's hint of its non-empty indexes (``<s>`` the tag of
+                         the lowest slot it serves)
 
 ``lua/apply.lua`` merges a user's events, stores and publishes in one atomic step, for several
 users per call: a webhook batch is one EVALSHA on standalone Redis (up to ``MAX_USERS_PER_CALL``
 users a call) and one per hash slot on Cluster, sent in one write per node (``redis_wire``).
 
 Offline grace: apply.lua marks a user whose last device went offline (field ``g`` of its hash)
-instead of publishing; the caller then indexes it in ``<prefix>:grace``. ``sweep`` (every node
-runs it) takes the due entries and runs apply.lua in "sweep" mode per user: the hash, not the
-index, decides, atomically, so each grace ends with exactly one publish however many nodes
-sweep. The index is only a hint: a retried webhook re-indexes a user still waiting.
-While a user has an online device the key never expires; once every device is offline it
-expires after ``session_retention_s + max_event_age_s``, by when the merge would have pruned
-every tombstone anyway (the published state, last-seen included, goes with it).
+instead of publishing, and writes its grace index entry in the same atomic step (the index of
+the call: one key on standalone, the slot's on Cluster), so no failure can leave a marked user
+that no sweep finds. ``sweep`` (every node runs it) takes the due entries and runs apply.lua in
+"sweep" mode per user: the hash, not the index, decides, atomically, and the same step removes
+the entry (or moves it to the hash's ``g``), so each grace ends with exactly one publish however
+many nodes sweep. On Cluster the sweep finds the non-empty slot indexes through the primaries'
+hints, written best-effort after the apply, plus a slow pass over every slot's index
+(``FULL_PASS_S``): a lost hint delays an offline by at most that, never loses it. Each slot's
+index lives on its own primary, so the sweep's work spreads with the users. The single index
+of older versions (``<prefix>:grace`` on Cluster) is still drained, for rolling upgrades.
+
+Expiry: while a user has an online device the key never expires; once every device is offline
+it expires ``last_seen_retention_s`` after the user's last-seen time (its latest offline
+record), the published state and its last-seen with it; tombstones go before that, at the next
+apply past ``session_retention_s``. ``MemoryStore`` forgets users at the same time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
+import itertools
 import logging
 import random
+import string
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
+from time import monotonic
 from typing import Any, NamedTuple
 
 import msgspec
@@ -65,6 +84,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 1.0  # webhooks get ~2 s in all (Tencent): fail fast, answer 503
 SOCKET_TIMEOUT_S = 2.0
 SWEEP_BATCH = 500  # grace entries per sweep round trip
+FULL_PASS_S = 5.0  # Cluster: every slot's grace index is looked at once in this long
 
 
 def _lua(name: str) -> str:
@@ -91,8 +111,45 @@ def user_channel(prefix: str, app: str, user: str) -> str:
 
 
 def grace_index(prefix: str) -> str:
-    """The sorted set of users whose offline waits out the grace, by when it ends."""
+    """The sorted set of users whose offline waits out the grace, by when it ends.
+
+    The one index on standalone Redis; on Cluster, where older versions used it, it is only
+    drained (see ``slot_index``).
+    """
     return f"{prefix}:grace"
+
+
+@functools.cache
+def slot_tags() -> tuple[str, ...]:
+    """For each Cluster hash slot, a short tag (at most 4 characters) that hashes to it."""
+    tags: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    left = REDIS_CLUSTER_HASH_SLOTS
+    alphabet = string.digits + string.ascii_lowercase
+    for size in itertools.count(1):
+        for chars in itertools.product(alphabet, repeat=size):
+            tag = "".join(chars)
+            slot = key_slot(tag.encode())
+            if tags[slot] is None:
+                tags[slot] = tag
+                left -= 1
+                if not left:
+                    return tuple(t for t in tags if t is not None)
+    raise AssertionError("unreachable")
+
+
+def slot_tag(slot: int) -> str:
+    """A short tag that hashes to ``slot``."""
+    return slot_tags()[slot]
+
+
+def slot_index(prefix: str, slot: int) -> str:
+    """On Cluster, the grace index of the users of hash slot ``slot`` (in that slot)."""
+    return f"{prefix}:grace:{{{slot_tag(slot)}}}"
+
+
+def hint_key(prefix: str, slot: int) -> str:
+    """On Cluster, the hint set of the primary whose lowest slot is ``slot`` (in that slot)."""
+    return f"{prefix}:gh:{{{slot_tag(slot)}}}"
 
 
 def parse_tag(tag: str | bytes) -> tuple[str, str] | None:
@@ -107,6 +164,14 @@ def parse_tag(tag: str | bytes) -> tuple[str, str] | None:
     for part in parts[1:]:
         out.append(chr(int(part[:2], 16)) + part[2:])
     return app, "".join(out)
+
+
+def _parse_member(tag: bytes) -> tuple[str, str] | None:
+    """``parse_tag`` of a grace index member; None for one this store did not write."""
+    try:
+        return parse_tag(tag)
+    except (ValueError, IndexError):  # UnicodeDecodeError included
+        return None
 
 
 def parse_channel(prefix: str, channel: str | bytes) -> tuple[str, str] | None:
@@ -249,7 +314,7 @@ class RedisStore:
         windows = (
             max_age,
             retention,
-            retention + max_age,
+            settings.last_seen_retention_s * 1000,
             settings.offline_grace_ms,
             MAX_ONLINE_TIMES,
         )
@@ -258,6 +323,11 @@ class RedisStore:
         self._senders: set[asyncio.Task[None]] = set()
         self._applying = 0  # apply calls sent and not answered yet
         self._closed = False
+        self._cluster = isinstance(client, RedisCluster)
+        self.full_pass_s = FULL_PASS_S  # see sweep
+        self._pass_slot = random.randrange(REDIS_CLUSTER_HASH_SLOTS)  # the full pass's cursor
+        self._pass_at = monotonic()  # when the full pass last advanced
+        self._hint_cache: tuple[list[str], dict[str, bytes]] | None = None
 
     @classmethod
     def from_url(
@@ -303,7 +373,7 @@ class RedisStore:
         if not by_user:
             return result
         users: list[_User] = [(now, user_tag(app, u), u, evs) for u, evs in by_user.items()]
-        waiting: dict[bytes, int] = {}
+        hints: dict[int, int] = {}  # Cluster: slot -> the earliest grace end begun there
         with unavailable("apply"):
             replies = await self._queued(users)
             for (_, tag, _, _), (applied, ignored, state, grace_end) in zip(
@@ -313,57 +383,46 @@ class RedisStore:
                 result.ignored += ignored
                 if state is not None:
                     result.published.append(state_decoder.decode(state))
-                if grace_end is not None:
-                    waiting[tag.encode()] = grace_end
-            if waiting:
-                await self._zadd(waiting)
+                if grace_end is not None and self._cluster:
+                    slot = key_slot(tag.encode())  # the tag is the key's whole hash tag
+                    hints[slot] = min(grace_end, hints.get(slot, grace_end))
+        if hints:
+            await self._hint(hints)
         return result
 
     async def sweep(self, now_ms: int | None = None) -> int:
+        """Publish the offlines whose grace ended (see the module doc).
+
+        Standalone: the due entries of the one index. Cluster: those of the old single index
+        (rolling upgrades), of the slots the primaries' hints name, and of the slots of this
+        call's share of the full pass (with the grace on), whose indexes are hinted again.
+        """
         now = clock_ms() if now_ms is None else now_ms
-        published = 0
-        index = self._index
         with unavailable("sweep"):
-            while True:
-                node = await self._node(index)
-                [flat] = await self._run_node(
-                    node,
-                    [
-                        command(
-                            b"ZRANGEBYSCORE",
-                            index,
-                            b"-inf",
-                            b"%d" % now,
-                            b"LIMIT",
-                            b"0",
-                            b"%d" % SWEEP_BATCH,
-                            b"WITHSCORES",
-                        )
-                    ],
-                )
-                due = [(tag, int(float(t))) for tag, t in zip(flat[::2], flat[1::2], strict=True)]
-                if not due:
-                    return published
-                # Members are tags this store wrote; "" keys of a stray one sweep nothing.
-                users = []
-                for tag, _ in due:
-                    app, user = parse_tag(tag) or ("", "")
-                    users.append((now, user_tag(app, user), user, ()))
-                replies = await self._run_users(b"sweep", users)
-                still: dict[bytes, int] = {}
-                done: list[bytes] = []
-                for (tag, score), (_, _, state, grace_end) in zip(due, replies, strict=True):
-                    published += state is not None
-                    if grace_end is not None:
-                        still[tag] = grace_end  # a new grace began since: index its end
-                    else:
-                        done += (tag, b"%d" % score)
-                if still:
-                    await self._zadd(still)
-                if done:
-                    await self._run_node(node, [GRACE_DONE.call([index], done)])
-                if len(due) < SWEEP_BATCH:
-                    return published
+            if not self._cluster:
+                return await self._sweep_indexes(now, [("", self._index)])
+            slots = await self._wire.topology()
+            assert slots
+            published = await self._sweep_indexes(
+                now, [(slots[key_slot(self._index)], self._index)], legacy=True
+            )
+            due = await self._hinted(now)
+            if self.settings.offline_grace_ms > 0:  # else no new entries: hints cover the old
+                due |= await self._full_pass(slots)
+            if not due:
+                return published
+            indexes = [(slots[slot], slot_index(self.prefix, slot).encode()) for slot in due]
+            published += await self._sweep_indexes(now, indexes)
+            firsts = await self._run_calls(
+                [
+                    (node, command(b"ZRANGE", key, b"0", b"0", b"WITHSCORES"))
+                    for node, key in indexes
+                ]
+            )
+        ends = {slot: int(float(f[1])) for slot, f in zip(due, firsts, strict=True) if f}
+        if ends:
+            await self._hint(ends)  # the slots still waiting, for the next sweeps
+        return published
 
     async def get(self, app: str, users: Sequence[str]) -> list[UserState]:
         if not users:
@@ -478,7 +537,11 @@ class RedisStore:
         channel = self.prefix.encode() + b":c:"
         calls = []
         for node, idx in groups:
-            keyparts: list[bytes] = []
+            # KEYS[1]: the call's grace index (Cluster: its slot's; a call is one slot there)
+            index = self._index
+            if self._cluster:
+                index = slot_index(self.prefix, key_slot(keys[idx[0]])).encode()
+            keyparts: list[bytes] = [bulk(index)]
             argv: list[bytes] = [head]
             events = 0
             for i in idx:
@@ -506,7 +569,7 @@ class RedisStore:
                             platform,
                         )
                     )
-            nargs = 3 + 2 * len(idx) + 6 + 3 * len(idx) + 4 * events
+            nargs = 4 + 2 * len(idx) + 6 + 3 * len(idx) + 4 * events
             calls.append(
                 (
                     node,
@@ -514,7 +577,7 @@ class RedisStore:
                     % (
                         nargs,
                         APPLY.head,
-                        bulk(b"%d" % (2 * len(keyparts))),
+                        bulk(b"%d" % (1 + 2 * len(idx))),
                         b"".join(keyparts),
                         b"".join(argv),
                     ),
@@ -527,12 +590,158 @@ class RedisStore:
                 out[i] = flat[4 * j : 4 * j + 4]
         return out
 
-    async def _zadd(self, entries: dict[bytes, int]) -> None:
-        """Index users waiting out the grace: tag -> when it ends."""
-        args = [b"ZADD", self._index]
-        for tag, end in entries.items():
-            args += (b"%d" % end, tag)
-        await self._run_node(await self._node(self._index), [command(*args)])
+    async def _sweep_indexes(
+        self, now: int, indexes: Sequence[tuple[str, bytes]], *, legacy: bool = False
+    ) -> int:
+        """Sweep the due entries of grace ``indexes`` (node, key); return the states published.
+
+        apply.lua removes each entry it sweeps from the user's own index (or moves it to the
+        hash's ``g``); entries of the ``legacy`` index, which is nobody's own on Cluster, are
+        then dropped if unchanged since read (``grace_done.lua``).
+        """
+        published = 0
+        todo = list(indexes)
+        while todo:
+            reads = await self._run_calls(
+                [
+                    (
+                        node,
+                        command(
+                            b"ZRANGEBYSCORE",
+                            index,
+                            b"-inf",
+                            b"%d" % now,
+                            b"LIMIT",
+                            b"0",
+                            b"%d" % SWEEP_BATCH,
+                            b"WITHSCORES",
+                        ),
+                    )
+                    for node, index in todo
+                ]
+            )
+            users: list[_User] = []
+            cleanup: list[tuple[str, bytes]] = []
+            more = []
+            for (node, index), flat in zip(todo, reads, strict=True):
+                entries = list(zip(flat[::2], flat[1::2], strict=True))
+                strays = []
+                for tag, _ in entries:
+                    parsed = _parse_member(tag)
+                    if parsed is None:
+                        strays.append(tag)  # not a tag this store wrote: sweeps nothing
+                    else:
+                        users.append((now, tag.decode(), parsed[1], ()))
+                if legacy and entries:
+                    done = [part for entry in entries for part in entry]
+                    cleanup.append((node, GRACE_DONE.call([index], done)))
+                elif strays:
+                    cleanup.append((node, command(b"ZREM", index, *strays)))
+                if len(entries) == SWEEP_BATCH:
+                    more.append((node, index))
+            if users:
+                replies = await self._run_users(b"sweep", users)
+                published += sum(state is not None for _, _, state, _ in replies)
+            if cleanup:
+                await self._run_calls(cleanup)
+            todo = more
+        return published
+
+    async def _hinted(self, now: int) -> set[int]:
+        """Cluster: the slots the primaries' hints say are due, their hints taken down.
+
+        A hint is dropped only if unchanged since read (``grace_done.lua``), and before its
+        index is read: a grace begun meanwhile is either seen in the index or hinted anew.
+        """
+        keys = await self._hint_keys()
+        reads = await self._run_calls(
+            [
+                (
+                    node,
+                    command(
+                        b"ZRANGEBYSCORE",
+                        key,
+                        b"-inf",
+                        b"%d" % now,
+                        b"LIMIT",
+                        b"0",
+                        b"%d" % SWEEP_BATCH,
+                        b"WITHSCORES",
+                    ),
+                )
+                for node, key in keys.items()
+            ]
+        )
+        due: set[int] = set()
+        drops = []
+        for (node, key), flat in zip(keys.items(), reads, strict=True):
+            if flat:
+                drops.append((node, GRACE_DONE.call([key], flat)))
+                due.update(int(slot) for slot in flat[::2] if slot.isdigit())
+        if drops:
+            await self._run_calls(drops)
+        return {slot for slot in due if slot < REDIS_CLUSTER_HASH_SLOTS}
+
+    async def _full_pass(self, slots: Sequence[str]) -> set[int]:
+        """Cluster: of this call's share of the full pass, the slots whose index has entries.
+
+        The pass goes round every slot once per ``full_pass_s`` whatever the sweep interval:
+        each call looks at as many slots as the time since the last call is worth.
+        """
+        at = monotonic()
+        count = min(
+            REDIS_CLUSTER_HASH_SLOTS,
+            int((at - self._pass_at) / self.full_pass_s * REDIS_CLUSTER_HASH_SLOTS),
+        )
+        if count <= 0:
+            return set()
+        self._pass_at = at
+        first, self._pass_slot = (
+            self._pass_slot,
+            (self._pass_slot + count) % REDIS_CLUSTER_HASH_SLOTS,
+        )
+        share = [(first + i) % REDIS_CLUSTER_HASH_SLOTS for i in range(count)]
+        found = await self._run_calls(
+            [(slots[s], command(b"EXISTS", slot_index(self.prefix, s).encode())) for s in share]
+        )
+        return {slot for slot, exists in zip(share, found, strict=True) if exists}
+
+    async def _hint(self, ends: dict[int, int]) -> None:
+        """Cluster, best-effort: hint slot -> earliest grace end to the slot's primary.
+
+        A hint only speeds the sweep up; one lost (this write failing, the process dying
+        first) is found by the full pass. So a failure here is logged, never raised.
+        """
+        try:
+            with unavailable("grace hint"):
+                slots = await self._wire.topology()
+                assert slots
+                keys = await self._hint_keys()
+                by_node: dict[str, list[bytes]] = {}
+                for slot, end in ends.items():
+                    by_node.setdefault(slots[slot], []).extend((b"%d" % end, b"%d" % slot))
+                await self._run_calls(
+                    [
+                        (node, command(b"ZADD", keys[node], b"LT", *args))
+                        for node, args in by_node.items()
+                        if node in keys
+                    ]
+                )
+        except StoreUnavailable as exc:
+            log.warning("grace hint not written; the full pass will find it: %s", exc)
+
+    async def _hint_keys(self) -> dict[str, bytes]:
+        """Cluster: each primary's hint key, in the lowest slot it serves."""
+        slots = await self._wire.topology()
+        assert slots
+        cached = self._hint_cache
+        if cached is None or cached[0] is not slots:
+            lowest: dict[str, int] = {}
+            for slot, node in enumerate(slots):
+                lowest.setdefault(node, slot)
+            keys = {node: hint_key(self.prefix, slot).encode() for node, slot in lowest.items()}
+            cached = self._hint_cache = (slots, keys)
+        return cached[1]
 
     async def _node(self, key: bytes) -> str:
         """The node serving ``key`` ("" on standalone Redis)."""

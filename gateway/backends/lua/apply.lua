@@ -7,7 +7,11 @@
 -- pruning, aggregate, next_version and the offline grace. The store contract tests check that
 -- this and the memory store agree.
 --
--- KEYS[2i-1]  user i's hash. Fields:
+-- KEYS[1]     the grace index of the call: sorted set, member = user tag (the hash tag of the
+--            user's key, "<app>/<escaped user>"), score = when its grace ends (ms). One key on
+--            standalone Redis; on Cluster the index of the call's hash slot. apply and sweep
+--            keep it equal to the users' g fields in the same atomic step.
+-- KEYS[2i]    user i's hash. Fields:
 --            d:<device>  one device record (model.DeviceRecord):
 --                        "<time>,<0|1>,<off>,<on1>;<on2>;...,<platform>"
 --                        time, online, platform: the last-writer-wins winner; off: the latest
@@ -19,12 +23,13 @@
 --            v           its version
 --            p           its online platforms, JSON strings joined by ","
 --            g           while an offline waits out the grace: when the grace ends (ms)
--- KEYS[2i]    user i's shard channel. Not a key: declared because it carries the same hash
+-- KEYS[2i+1]  user i's shard channel. Not a key: declared because it carries the same hash
 --            tag, so cluster routing and the script's slot check cover the SPUBLISH too.
 -- ARGV[1]  mode: "apply" (merge the events) or "sweep" (publish the offline if the grace ended)
 -- ARGV[2]  max_event_age_ms: events with |now - time| above it are ignored
 -- ARGV[3]  session_retention_ms: offline records older than now - retention are pruned
--- ARGV[4]  expire_ms: the key's TTL once every device is offline
+-- ARGV[4]  last_seen_retention_ms: once every device is offline the key expires this long
+--          after the user's last-seen time (its latest offline record)
 -- ARGV[5]  offline_grace_ms (0: publish offlines at once)
 -- ARGV[6]  max_online_times: the most online times a record keeps (model.MAX_ONLINE_TIMES)
 -- ARGV[7..] per user, in KEYS order: the user id as a JSON string literal (encoded by the
@@ -33,14 +38,15 @@
 --           its n events, 4 values each, in arrival order: device, time, online (1|0), platform
 --
 -- Returns 4 values per user, in KEYS order: applied, ignored, state, grace_end. state is the
--- published JSON or nil; grace_end is set while the user's offline waits out the grace (the
--- caller indexes it for the sweep).
+-- published JSON or nil; grace_end is set while the user's offline waits out the grace (its
+-- entry in KEYS[1] is written here; on Cluster the caller also hints the slot to the sweep).
 
 local mode = ARGV[1]
 local now -- per user: see the loop at the end
 local max_age = tonumber(ARGV[2])
 local retention = tonumber(ARGV[3])
-local expire_ms = ARGV[4]
+local last_seen_retention = tonumber(ARGV[4])
+local index = KEYS[1]
 local grace = tonumber(ARGV[5])
 local cap = tonumber(ARGV[6])
 
@@ -292,14 +298,17 @@ end
 
 -- Sweep one user: publish its offline if its grace ended. Returns applied, ignored, state,
 -- grace_end.
-local function sweep(key, channel, user_json)
+local function sweep(key, channel, user_json, tag)
   local records, old = load(key)
   if old.g == nil then
+    redis.call("ZREM", index, tag) -- a stale entry (cancelled, expired, or swept elsewhere)
     return 0, 0, false, false
   elseif old.g > now then
+    redis.call("ZADD", index, old.g, tag) -- the entry is the hash's g again
     return 0, 0, false, old.g
   end
   redis.call("HDEL", key, "g")
+  redis.call("ZREM", index, tag)
   local head, platforms = aggregate(records, user_json)
   local state, fields = next_state(old, user_json, head, platforms)
   if state then
@@ -310,7 +319,7 @@ local function sweep(key, channel, user_json)
 end
 
 -- Apply one user's events, ARGV[first..last]. Returns applied, ignored, state, grace_end.
-local function apply(key, channel, user_json, first, last)
+local function apply(key, channel, user_json, first, last, tag)
   local records, old = load(key)
   -- Merge the events in order (model.is_fresh, model.merge, model.trim); an event that leaves
   -- its record as it was is ignored.
@@ -334,6 +343,9 @@ local function apply(key, channel, user_json, first, last)
     end
   end
   if applied == 0 then
+    if old.g ~= nil then
+      redis.call("ZADD", index, old.g, tag) -- a retried webhook restores a lost entry
+    end
     return 0, ignored, false, old.g or false
   end
 
@@ -365,9 +377,11 @@ local function apply(key, channel, user_json, first, last)
       fields[#fields + 1] = "g"
       fields[#fields + 1] = fmt(grace_end)
     end
+    redis.call("ZADD", index, grace_end, tag) -- the mark and its entry, in one atomic step
   else
     if old.g ~= nil then
       gone[#gone + 1] = "g"
+      redis.call("ZREM", index, tag)
     end
     if old.g == nil or platforms ~= old.p then
       state, published = next_state(old, user_json, head, platforms)
@@ -378,7 +392,9 @@ local function apply(key, channel, user_json, first, last)
   end
 
   -- Write it all, then the key's lifetime: kept while a device is online; once all are
-  -- offline, it expires.
+  -- offline, it expires last_seen_retention after the last-seen time (the latest offline
+  -- record; MemoryStore forgets the user at that same time). Tombstones go before that, at
+  -- the next apply past session_retention (model.prune).
   for i = 1, #gone, 256 do
     redis.call("HDEL", key, unpack(gone, i, math.min(i + 255, #gone)))
   end
@@ -386,7 +402,13 @@ local function apply(key, channel, user_json, first, last)
   if platforms ~= "" then
     redis.call("PERSIST", key)
   else
-    redis.call("PEXPIRE", key, expire_ms)
+    local seen = nil
+    for _, rec in pairs(records) do
+      if not rec.on and (seen == nil or rec.t > seen) then
+        seen = rec.t
+      end
+    end
+    redis.call("PEXPIRE", key, fmt(math.max(1, (seen or now) + last_seen_retention - now)))
   end
   if state then
     redis.call("SPUBLISH", channel, state)
@@ -396,16 +418,17 @@ end
 
 local out, o = {}, 0
 local a = 7
-for k = 1, #KEYS, 2 do
+for k = 2, #KEYS, 2 do
   local user_json, n = ARGV[a], tonumber(ARGV[a + 2])
   now = tonumber(ARGV[a + 1])
   local first = a + 3
   local last = first + 4 * n - 1
+  local tag = string.match(KEYS[k], "{(.*)}$") -- the grace index member
   local applied, ignored, state, grace_end
   if mode == "sweep" then
-    applied, ignored, state, grace_end = sweep(KEYS[k], KEYS[k + 1], user_json)
+    applied, ignored, state, grace_end = sweep(KEYS[k], KEYS[k + 1], user_json, tag)
   else
-    applied, ignored, state, grace_end = apply(KEYS[k], KEYS[k + 1], user_json, first, last)
+    applied, ignored, state, grace_end = apply(KEYS[k], KEYS[k + 1], user_json, first, last, tag)
   end
   out[o + 1], out[o + 2], out[o + 3], out[o + 4] = applied, ignored, state, grace_end
   o = o + 4
