@@ -8,6 +8,10 @@
 - Flush: dirty sessions are flushed together, at once when the node is idle and on a short
   tick under load, so a busy connection gets many states in one write.
 - Feed loss: when the broker reports a reset, every session gets a ``resync``.
+- Latest: the newest state known of every indexed user (published, read for a snapshot, or
+  resynced), so a session re-watching a user it already watches answers from memory, not from
+  the store. One entry per distinct watched user of the node, gone when nobody watches it.
+- Connections: open connections per (app, user) on this node, for the per-user cap.
 """
 
 from __future__ import annotations
@@ -69,6 +73,9 @@ class Hub:
         self._reaper: asyncio.Task[None] | None = None
         self._resyncs: set[asyncio.Task[None]] = set()
         self._recording: list[dict[Key, tuple[int, bytes | UserState]]] = []  # see resync
+        # newest state of every indexed key: a published payload or a state read or resynced
+        self.latest: dict[Key, tuple[int, bytes | UserState]] = {}
+        self.connections: dict[Key, int] = {}  # open sessions per (app, user)
         self._resyncs_started = 0
         self._resync_applied = 0  # the newest resync handed to sessions
         # plain counters, exported by a collector at scrape time (no locks on the hot path)
@@ -92,6 +99,26 @@ class Hub:
                 await task
         if self._flush_handle is not None:
             self._flush_handle.cancel()
+
+    # connections
+
+    def admit(self, app: str, user: str, cap: int) -> bool:
+        """Count a new connection of ``user``; False (nothing counted) when it has ``cap``."""
+        key = (app, user)
+        count = self.connections.get(key, 0)
+        if count >= cap:
+            return False
+        self.connections[key] = count + 1
+        return True
+
+    def release(self, app: str, user: str) -> None:
+        """Uncount a connection counted by ``admit`` (exactly once per admitted one)."""
+        key = (app, user)
+        count = self.connections.get(key, 0) - 1
+        if count > 0:
+            self.connections[key] = count
+        else:
+            self.connections.pop(key, None)
 
     # interest
 
@@ -158,6 +185,7 @@ class Hub:
             watchers.discard(session)
             if not watchers:
                 del self.index[key]
+                self.latest.pop(key, None)  # no longer kept up to date
                 failed = self._subscribing.get(key)
                 if failed is not None and failed.done():
                     del self._subscribing[key]  # the next watcher subscribes afresh
@@ -223,6 +251,9 @@ class Hub:
         for seen in self._recording:
             if v > seen.get((app, user), (-1, b""))[0]:
                 seen[(app, user)] = (v, payload)
+        known = self.latest.get((app, user))
+        if known is None or v > known[0]:
+            self.latest[(app, user)] = (v, payload)
         frame = presence_frame(payload)
         if self._batch_start is None:
             self._batch_start = time.perf_counter()
@@ -241,11 +272,24 @@ class Hub:
 
     def note_read(self, app: str, states: Iterable[UserState]) -> None:
         """States a session just read for its snapshot: a resync reading meanwhile may have
-        read older ones, and must not send those to anyone."""
-        for seen in self._recording:
-            for st in states:
-                if st.v > seen.get((app, st.user), (-1, b""))[0]:
-                    seen[(app, st.user)] = (st.v, st)
+        read older ones, and must not send those to anyone; ``latest`` keeps the newest."""
+        latest = self.latest
+        for st in states:
+            key = (app, st.user)
+            if key in self.index:
+                known = latest.get(key)
+                if known is None or st.v > known[0]:
+                    latest[key] = (st.v, st)
+            for seen in self._recording:
+                if st.v > seen.get(key, (-1, b""))[0]:
+                    seen[key] = (st.v, st)
+
+    def known(self, app: str, user: str) -> tuple[int, bytes | UserState] | None:
+        """The newest state this node has of an indexed user: ``(v, payload or state)``.
+
+        For a session that watches the user, never older than what it was sent or queued.
+        """
+        return self.latest.get((app, user))
 
     def schedule_flush(self) -> None:
         """Flush dirty sessions now if the last flush was a tick ago, else on the tick."""
@@ -320,6 +364,9 @@ class Hub:
         if generation < self._resync_applied:
             return
         self._resync_applied = generation
+        for key, st in states.items():  # authoritative, even below what was known
+            if key in self.index:
+                self.latest[key] = (st.v, st)
         log.info("feed restored: resyncing %d sessions", len(self.sessions))
         for session in list(self.sessions):
             if session.resync(states):

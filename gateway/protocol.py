@@ -95,7 +95,7 @@ class Welcome(_Server, tag="welcome"):
 
 class Snapshot(_Server, tag="snapshot"):
     id: RequestId
-    presence: list[UserState]
+    presence: list[UserState | msgspec.Raw]  # Raw: a state's JSON as published
 
 
 class Resync(_Server, tag="resync"):

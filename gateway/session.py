@@ -6,7 +6,21 @@ the client, so a state with a lower or equal ``v`` is never sent after it.
 
 No gap between snapshot and live feed: a user being watched is first indexed in the hub and
 subscribed (so every later publish reaches this session), *then* read from the store. States
-that arrive in between are held and sent after the snapshot only when newer than it.
+that arrive in between are held and sent after the snapshot only when newer than it. A user
+already watched is not read again: the snapshot carries the hub's newest state of it.
+
+Abuse bounds, all per connection:
+
+- Queue: while the socket holds more than HIGH_WATER unsent bytes the client is behind. Its
+  next request waits until it catches up (so a client that does not read its replies cannot
+  make the node queue more of them, or read the store for them), and control replies queue
+  behind the socket up to HIGH_WATER bytes; past either bound (SLOW_CLOSE_AFTER seconds, or
+  one more reply) it is closed with 4008. ``queued()`` is what it holds, presence aside (at
+  most one coalesced frame per watched user).
+- Store reads: max(max_watch, READ_BURST) users at once, refilled over READ_REFILL seconds; a
+  watch past the allowance waits for it, so unwatching and re-watching cannot read faster.
+- Connections: at most ``max_connections_per_user`` per user and app on this node; the next
+  one is refused after hello with 4009 (SPEC: too many).
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
 from starlette.types import Receive, Scope, Send
 
 from gateway import tokens
@@ -54,9 +69,12 @@ HEARTBEAT_MS = 25_000
 IDLE_LIMIT = 3 * HEARTBEAT_MS / 1000  # seconds without a message before the client is dropped
 HIGH_WATER = 256 * 1024  # bytes buffered for a client before it counts as behind
 SLOW_CLOSE_AFTER = 10.0  # seconds continuously behind before closing with 4008
+CATCH_UP_POLL = 0.02  # seconds between checks while a request waits for the client to read
 RATE = 20.0  # client messages per second, sustained
 BURST = 40.0  # client messages allowed in a burst
 QUERY_CHUNK = 1000
+READ_BURST = 100  # users a connection may read from the store at once, at least (or max_watch)
+READ_REFILL = 10.0  # seconds for that allowance to refill
 PENDING = -1  # watching[user] while its snapshot is being read
 
 
@@ -140,9 +158,13 @@ class Session:
     """A client connection; its methods called by the hub never await."""
 
     __slots__ = (
+        "_admitted",
         "_allowance",
         "_checked",
+        "_control_bytes",
         "_expiry",
+        "_read_at",
+        "_reads",
         "app",
         "behind_since",
         "claims",
@@ -167,11 +189,15 @@ class Session:
         # the latest unsent presence frame per user; its v is watching[user]
         self.pending: dict[str, bytes] = {}
         self.control: list[bytes] = []
+        self._control_bytes = 0  # the size of ``control``
         self.behind_since: float | None = None
         self.closed = False
         self._allowance = BURST
         self._checked = time.monotonic()
         self._expiry: asyncio.TimerHandle | None = None
+        self._admitted = False  # counted in hub.connections
+        self._reads = float(max(app.max_watch, READ_BURST))
+        self._read_at = self._checked
 
     # connection lifecycle
 
@@ -197,6 +223,9 @@ class Session:
         finally:
             self.closed = True
             self.hub.sessions.discard(self)
+            if self._admitted and self.claims is not None:
+                self._admitted = False
+                self.hub.release(self.app.id, self.claims.sub)
             self.hub.unwatch(self, self.app.id, list(self.watching))
             if self._expiry is not None:
                 self._expiry.cancel()
@@ -228,6 +257,10 @@ class Session:
         except tokens.TokenError as exc:
             self.close(4001, str(exc))
             return False
+        if not self.hub.admit(self.app.id, claims.sub, self.app.max_connections_per_user):
+            self.close(4009, "too many connections for this user")
+            return False
+        self._admitted = True
         loop = asyncio.get_running_loop()
         left = max(0.0, claims.deadline() - time.time())
         self._expiry = loop.call_at(loop.time() + left, self.close, 4001, "token expired")
@@ -247,8 +280,31 @@ class Session:
 
     async def _serve(self) -> None:
         # each frame is handled in its own call, so an idle connection keeps no old request
-        while await self._handle(await self._receive()):
+        while await self._handle(await self._next()):
             pass
+
+    async def _next(self) -> str | bytes | None:
+        """The next client frame, handed over once the client has caught up (see module)."""
+        text = await self._receive()
+        if text is not None and self.queued() > HIGH_WATER and not await self._catch_up():
+            return None
+        return text
+
+    async def _catch_up(self) -> bool:
+        """Wait until at most HIGH_WATER is queued for the client; False once it is closed.
+
+        The transport reads nothing more meanwhile, so the client's requests wait in the
+        kernel's buffers, not in ours.
+        """
+        while not self.closed and self.queued() > HIGH_WATER:
+            now = time.monotonic()
+            if self.behind_since is None:
+                self.behind_since = now
+            elif now - self.behind_since > SLOW_CLOSE_AFTER:
+                self._close_slow()
+                break
+            await asyncio.sleep(CATCH_UP_POLL)
+        return not self.closed
 
     async def _handle(self, text: str | bytes | None) -> bool:
         """Handle one client frame; False when the connection is done."""
@@ -296,6 +352,20 @@ class Session:
         self.closed = True
         self.sink.close(code, reason)
 
+    def _close_slow(self) -> None:
+        """Close a client that stayed behind with 4008, dropping what it did not read."""
+        self.hub.slow_closes += 1
+        log.info("closing a client that stayed behind (4008)")
+        self.pending.clear()
+        self.control.clear()
+        self._control_bytes = 0
+        self.close(4008, "client too slow")
+
+    def queued(self) -> int:
+        """Bytes queued for the client: in the socket's buffer and as control replies."""
+        sink = self.sink
+        return self._control_bytes + (sink.buffered() if sink is not None else 0)
+
     # requests
 
     async def _watch(self, req: Watch) -> None:
@@ -314,13 +384,16 @@ class Session:
             message = f"at most {app.max_watch} watched users per connection"
             self.send(Error(id=req.id, code="limit", message=message))
             return
+        await self._pace_reads(len(new))
+        if self.closed:
+            return
         for user in new:
             self.watching[user] = PENDING
         try:
             await self.hub.watch(self, app.id, new)
             states: list[UserState] = []
-            for i in range(0, len(users), QUERY_CHUNK):
-                states += await self.hub.store.get(app.id, users[i : i + QUERY_CHUNK])
+            for i in range(0, len(new), QUERY_CHUNK):
+                states += await self.hub.store.get(app.id, new[i : i + QUERY_CHUNK])
         except StoreUnavailable:
             for user in new:
                 del self.watching[user]
@@ -332,7 +405,40 @@ class Session:
         if self.closed:
             return
         self.hub.note_read(app.id, states)
-        self.send(Snapshot(id=req.id, presence=[st for st in states if self._settle(st)]))
+        fresh = {st.user: st for st in states if self._settle(st)}
+        presence: list[UserState | msgspec.Raw] = []
+        for user in users:
+            state = fresh.get(user)
+            if state is not None:
+                presence.append(state)
+            elif (known := self._known(user)) is not None:
+                presence.append(known)
+        self.send(Snapshot(id=req.id, presence=presence))
+
+    def _known(self, user: str) -> UserState | msgspec.Raw | None:
+        """The hub's newest state of a user this session already watches, as its baseline.
+
+        None when the session has (or has queued) a newer one: a repeated watch leaves out
+        states older than what the client has.
+        """
+        known = self.hub.known(self.app.id, user)
+        last = self.watching.get(user, PENDING)
+        if known is None or last == PENDING or known[0] < last:
+            return None
+        v, state = known
+        self.pending.pop(user, None)  # older or equal: the snapshot goes first and replaces it
+        self.watching[user] = v
+        return msgspec.Raw(state) if isinstance(state, bytes) else state
+
+    async def _pace_reads(self, users: int) -> None:
+        """Take ``users`` store reads from the allowance, first waiting for it if short."""
+        burst = float(max(self.app.max_watch, READ_BURST))
+        rate = burst / READ_REFILL
+        now = time.monotonic()
+        self._reads = min(burst, self._reads + (now - self._read_at) * rate) - users
+        self._read_at = now
+        if self._reads < 0:
+            await asyncio.sleep(-self._reads / rate)
 
     def _settle(self, state: UserState) -> bool:
         """Make ``state`` (read from the store) the client's baseline for its user.
@@ -365,10 +471,19 @@ class Session:
 
     def send(self, message: ServerMessage) -> None:
         """Queue a control reply behind the ones already queued."""
-        if self.closed:
-            return
-        self.control.append(encode(message))
-        self.hub.mark_dirty(self)
+        if not self.closed and self._queue_control(encode(message)):
+            self.hub.mark_dirty(self)
+
+    def _queue_control(self, frame: bytes) -> bool:
+        """Queue a control frame; False (closed with 4008) when it would pass the bound:
+        while the socket is behind, at most HIGH_WATER bytes of them (one, whatever its size)."""
+        size = self._control_bytes + len(frame)
+        if size > HIGH_WATER and self.control and self.sink and self.sink.buffered() > HIGH_WATER:
+            self._close_slow()
+            return False
+        self.control.append(frame)
+        self._control_bytes = size
+        return True
 
     def deliver(self, user: str, v: int, frame: bytes) -> bool:
         """Queue a published state; True when the session has something new to flush.
@@ -409,8 +524,7 @@ class Session:
             self.pending.pop(user, None)
             self.watching[user] = state.v
             present.append(state)
-        self.control.append(encode(Resync(presence=present)))
-        return True
+        return self._queue_control(encode(Resync(presence=present)))
 
     def flush(self, force: bool = False) -> bool:
         """Write everything queued in one send; False while the client is behind."""
@@ -422,10 +536,7 @@ class Session:
             if self.behind_since is None:
                 self.behind_since = now
             elif now - self.behind_since > SLOW_CLOSE_AFTER:
-                self.hub.slow_closes += 1
-                log.info("closing a client that stayed behind for %.0f s", SLOW_CLOSE_AFTER)
-                self.pending.clear()
-                self.close(4008, "client too slow")
+                self._close_slow()
                 return True
             return False
         self.behind_since = None
@@ -436,5 +547,6 @@ class Session:
             self.pending = {}
         if frames:
             self.control = []
+            self._control_bytes = 0
             sink.write(frames)
         return True

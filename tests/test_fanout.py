@@ -25,7 +25,7 @@ import gateway.hub
 import gateway.session
 from gateway.app import Gateway
 from gateway.backends.memory import MemoryBroker
-from gateway.config import AppConfig, Settings
+from gateway.config import AppConfig, ServerConfig, Settings
 from gateway.hub import Hub
 from gateway.model import UserState
 from gateway.session import RawSink, Session
@@ -47,9 +47,10 @@ def raise_fd_limit(need: int) -> None:
 
 
 def with_app(**changes: Any) -> Settings:
+    """One app with ``changes``; every client of these tests comes from one loopback address."""
     settings = make_settings()
     app = msgspec.structs.replace(app_of(settings), **changes)
-    return Settings(apps={app.id: app})
+    return Settings(apps={app.id: app}, server=ServerConfig(max_connections_per_ip=4 * CLIENTS))
 
 
 def parts(gw: LiveGateway) -> Gateway:
