@@ -62,13 +62,15 @@ def test_parse_channel_rejects_foreign_channels() -> None:
     assert parse_channel("pg", "pg:u:{a/b}") is None
 
 
+TIMES = st.lists(st.integers(0, 2**53), max_size=40, unique=True).map(lambda t: tuple(sorted(t)))
 RECORDS = st.builds(
     DeviceRecord,
     time=st.integers(0, 2**53),
     online=st.booleans(),
     platform=st.text(),
-    off=st.none() | st.integers(0, 2**53),
-    ons=st.lists(st.integers(0, 2**53), max_size=40, unique=True).map(lambda t: tuple(sorted(t))),
+    ons=TIMES,
+    offs=TIMES,
+    base=st.none() | st.integers(0, 2**53),
 )
 
 
@@ -122,8 +124,8 @@ async def test_record_layout(store: RedisStore, raw: Redis) -> None:
     batch += [on("bob", "d1", NOW + 3), off("bob", "d2", NOW, "web")]
     result = await store.apply("app", batch, NOW)
     fields = await raw.hgetall(store.key("app", "bob"))
-    assert fields[b"d:d1"] == b"%d,1,%d,%d;%d,ios" % (NOW + 3, NOW - 4, NOW, NOW + 3)
-    assert fields[b"d:d2"] == b"%d,0,%d,,web" % (NOW, NOW)
+    assert fields[b"d:d1"] == b"%d,+,,%d;%d;%d,%d,ios" % (NOW + 3, NOW - 5, NOW, NOW + 3, NOW - 4)
+    assert fields[b"d:d2"] == b"%d,-,,,%d,web" % (NOW, NOW)
     assert fields[b"v"] == b"%d" % NOW
     assert fields[b"s"] == (
         b'{"user":"bob","status":"online","since":%d,' % NOW
@@ -140,27 +142,32 @@ async def test_platform_with_separators_survives_the_script(store: RedisStore) -
     again = await store.apply("app", [on("bob", "d1", NOW + 1, odd)], NOW + 1)
     assert (again.applied, again.published) == (1, [])
     assert await store.records("app", "bob") == {
-        "d1": DeviceRecord(NOW + 1, True, odd, None, (NOW - 2, NOW, NOW + 1)),
-        "d2": DeviceRecord(NOW, False, odd, NOW, ()),
+        "d1": DeviceRecord(NOW + 1, True, odd, (NOW - 2, NOW, NOW + 1)),
+        "d2": DeviceRecord(NOW, False, odd, (), (NOW,)),
     }
     assert (await store.get("app", ["bob"]))[0].devices == [DeviceView(odd, NOW - 2)]
 
 
 async def test_reads_records_of_the_older_form(store: RedisStore, raw: Redis) -> None:
-    """Records written as "time,online,platform" (before off/ons) are read and merged."""
+    """Records of the older forms ("time,online,platform", "time,online,off,ons,platform")
+    are read and merged."""
     key = store.key("app", "bob")
-    await raw.hset(key, mapping={"d:d1": b"%d,1,ios" % NOW, "d:d2": b"%d,0,web" % (NOW - 9)})
+    older = {"d:d1": b"%d,1,ios" % NOW, "d:d2": b"%d,0,web" % (NOW - 9)}
+    older["d:d3"] = b"%d,1,%d,%d;%d,mac" % (NOW, NOW - 8, NOW - 7, NOW)
+    await raw.hset(key, mapping=older)
     assert await store.records("app", "bob") == {
-        "d1": DeviceRecord(NOW, True, "ios", None, (NOW,)),
-        "d2": DeviceRecord(NOW - 9, False, "web", NOW - 9, ()),
+        "d1": DeviceRecord(NOW, True, "ios", (NOW,)),
+        "d2": DeviceRecord(NOW - 9, False, "web", (), (NOW - 9,)),
+        "d3": DeviceRecord(NOW, True, "mac", (NOW - 7, NOW), (NOW - 8,)),
     }
+    devices = [DeviceView("ios", NOW), DeviceView("mac", NOW - 7)]
     duplicate = await store.apply("app", [on("bob", "d1", NOW), off("bob", "d2", NOW - 9)], NOW)
     assert (duplicate.applied, duplicate.ignored) == (0, 2)
     result = await store.apply("app", [on("bob", "d1", NOW + 5)], NOW + 5)
     assert result.published == [
-        UserState("bob", "online", NOW, [DeviceView("ios", NOW)], NOW + 5)
-    ]  # since: the online of the old record, not the repeat
-    assert (await raw.hget(key, "d:d1")) == b"%d,1,,%d;%d,ios" % (NOW + 5, NOW, NOW + 5)
+        UserState("bob", "online", NOW - 7, devices, NOW + 5)
+    ]  # d1's since: the online of the old record, not the repeat
+    assert (await raw.hget(key, "d:d1")) == b"%d,+,,%d;%d,,ios" % (NOW + 5, NOW, NOW + 5)
 
 
 async def test_reloads_flushed_script(store: RedisStore, raw: Redis) -> None:

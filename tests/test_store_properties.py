@@ -3,7 +3,8 @@
 Times are drawn from a few milliseconds (or seconds) around a fixed ``now`` so ties between
 online and offline, and between devices, are common; some histories are long runs of one
 device (repeated onlines, offlines landing between them late). Records are compared whole:
-status, the latest offline and the online times after it. Each example uses a fresh app id.
+the winner and every online and offline time. The since of each state is checked against the
+ms-by-ms oracle of ``tests/test_model.py``. Each example uses a fresh app id.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from hypothesis import strategies as st
 from gateway.backends.base import ApplyResult, PresenceSettings, PresenceStore
 from gateway.backends.memory import MemoryStore
 from gateway.backends.redis import RedisStore
-from gateway.model import DeviceRecord, PresenceEvent, aggregate, merge, record_of
+from gateway.model import MAX_MARKS, DeviceRecord, PresenceEvent, aggregate, merge, record_of
 from tests.conftest import Backend, backend_url
+from tests.test_model import oracle_since
 
 NOW = 1_763_700_000_000
 S = 1000
@@ -131,6 +133,9 @@ async def test_any_order_and_duplication_same_outcome(
         [a] = await store.get(in_order.app, [user])
         [b] = await store.get(mixed.app, [user])
         assert a.visible() == b.visible() == want
+        assert (a.status == "online", a.since) == oracle_since(
+            [ev for ev in history if ev.user == user], 0
+        )
 
 
 @EXAMPLES
@@ -138,7 +143,8 @@ async def test_any_order_and_duplication_same_outcome(
 async def test_replayed_old_online_never_resurrects(
     store: PresenceStore, data: st.DataObject
 ) -> None:
-    """After a device's offline, replaying any older online changes nothing, publishes nothing."""
+    """After a device's offline, an older online never brings it back: replays change nothing,
+    and new older onlines change neither status nor platforms (only history, maybe since)."""
     history = data.draw(HISTORIES)
     replayer = Replayer(store)
     await replayer.apply(history)
@@ -152,10 +158,21 @@ async def test_replayed_old_online_never_resurrects(
     ] + [ev for ev in history if ev.online]
     if not replay:
         return
-    result = await replayer.apply(data.draw(st.permutations(replay)))
+    states = await store.get(replayer.app, list(before))
+    resent = [ev for ev in history if ev.online]
+    result = await replayer.apply(data.draw(st.permutations(resent)))
     assert (result.applied, result.published) == (0, [])
-    for user, records in before.items():
-        assert await store.records(replayer.app, user) == records
+    result = await replayer.apply(data.draw(st.permutations(replay)))
+    for state, (user, records) in zip(states, before.items(), strict=True):
+        after = await store.records(replayer.app, user)
+        assert {d: r.rank() for d, r in after.items()} == {d: r.rank() for d, r in records.items()}
+        [now] = await store.get(replayer.app, [user])
+        assert (now.status, [d.platform for d in now.devices]) == (
+            state.status,
+            [d.platform for d in state.devices],
+        )
+        if state.status == "offline":
+            assert now == state
 
 
 SHORT = PresenceSettings(max_event_age_s=3)
@@ -172,7 +189,10 @@ async def short_window(backend: Backend) -> PresenceStore:
 async def test_trimmed_records_keep_the_full_since(
     short_window: PresenceStore, data: st.DataObject
 ) -> None:
-    """With the clock moving on and every event fresh, trimming never changes what shows."""
+    """With the clock moving on and every event fresh, trimming never changes what shows.
+
+    (Each device keeps one platform here: compaction files a device's folded history under its
+    platform at the time, the one approximation left for a device that changes platform.)"""
     replayer = Replayer(short_window)
     step = st.sampled_from([0, 1, 999, 1500, 3000])
     templates = st.lists(events(st.integers(-3000, 1000), 2, 2), min_size=1, max_size=3)
@@ -183,7 +203,10 @@ async def test_trimmed_records_keep_the_full_since(
     now = NOW
     for advance, template, replays in plan:
         now += advance
-        batch = [msgspec.structs.replace(ev, time=now + ev.time) for ev in template]
+        batch = [
+            msgspec.structs.replace(ev, time=now + ev.time, platform=f"p-{ev.device}")
+            for ev in template
+        ]
         # Re-sends of earlier events that are still inside the window.
         batch += [history[i % len(history)] for i in replays if history]
         batch = [ev for ev in batch if abs(ev.time - now) <= 3000]
@@ -195,16 +218,22 @@ async def test_trimmed_records_keep_the_full_since(
         records = await short_window.records(replayer.app, user)
         assert set(records) == set(full)
         for device, record in records.items():
-            assert msgspec.structs.replace(record, ons=()) == msgspec.structs.replace(
-                full[device], ons=()
-            )
-            assert record.ons[:1] == full[device].ons[:1]
+            assert record.rank() == full[device].rank()
+            assert record.since() == full[device].since()
             assert set(record.ons) <= set(full[device].ons)
+            assert set(record.offs) <= set(full[device].offs)
 
 
-# Event times seconds apart, a 3 s event window and a 2 s retention: staleness and tombstone
-# pruning happen often; and a 1.5 s offline grace, swept at random times.
-WINDOWS = PresenceSettings(session_retention_s=2, max_event_age_s=3, offline_grace_ms=1500)
+# Event times seconds apart, a 3 s event window (1 s ahead) and a 2 s retention: staleness and
+# tombstone pruning happen often; a 1.5 s offline grace, swept at random times; and at most 2
+# device records per user, of 3 devices.
+WINDOWS = PresenceSettings(
+    session_retention_s=2,
+    max_event_age_s=3,
+    offline_grace_ms=1500,
+    future_skew_s=1,
+    max_devices_per_user=2,
+)
 
 
 @pytest.fixture(
@@ -239,7 +268,7 @@ async def test_memory_and_redis_agree(redis_store: RedisStore, data: st.DataObje
     # The clock moves forward in steps around the grace; each batch's event times are whole
     # seconds around its now (ties are common), some outside the window.
     step = st.sampled_from([0, 1, 700, 1499, 1500, 2500])
-    templates = st.lists(events(st.integers(-4, 1), 2, 2), min_size=1, max_size=4)
+    templates = st.lists(events(st.integers(-4, 2), 2, 3), min_size=1, max_size=4)
     plan = data.draw(st.lists(st.tuples(step, templates, st.none() | step), max_size=12))
     history: list[PresenceEvent] = []
     now = NOW
@@ -257,3 +286,35 @@ async def test_memory_and_redis_agree(redis_store: RedisStore, data: st.DataObje
         assert await redis.store.get(redis.app, [user]) == await memory.store.get(
             memory.app, [user]
         )
+
+
+FLOODS = PresenceSettings(max_event_age_s=3, offline_grace_ms=1500, max_devices_per_user=3)
+
+
+@settings(EXAMPLES, max_examples=30)
+@given(data=st.data())
+async def test_memory_and_redis_agree_on_floods(
+    redis_store: RedisStore, data: st.DataObject
+) -> None:
+    """Batches past the caps (marks per record, records per user) are bounded alike."""
+    fresh = RedisStore(redis_store.client, settings=FLOODS, prefix=f"p{uuid.uuid4().hex[:10]}")
+    memory, redis = Replayer(MemoryStore(FLOODS)), Replayer(fresh)
+    flood = st.builds(
+        PresenceEvent,
+        user=st.just("ann"),
+        device=st.sampled_from([f"d{i}" for i in range(12)]) | st.just("d0"),
+        platform=st.sampled_from(["ios", "web"]),
+        online=st.booleans(),
+        time=st.integers(-3000, 0),
+    )
+    now = NOW
+    for advance in data.draw(st.lists(st.sampled_from([0, 999, 2500]), min_size=1, max_size=3)):
+        now += advance
+        template = data.draw(st.lists(flood, min_size=20, max_size=160))
+        batch = [msgspec.structs.replace(ev, time=now + ev.time) for ev in template]
+        assert by_user(await memory.apply(batch, now)) == by_user(await redis.apply(batch, now))
+    records = await memory.store.records(memory.app, "ann")
+    assert len(records) <= 3
+    assert all(len(r.ons) + len(r.offs) <= 2 * MAX_MARKS for r in records.values())
+    assert await redis.store.records(redis.app, "ann") == records
+    assert await redis.store.get(redis.app, ["ann"]) == await memory.store.get(memory.app, ["ann"])

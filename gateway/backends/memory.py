@@ -20,10 +20,14 @@ from gateway.backends.base import (
 )
 from gateway.backends.claims import Claims
 from gateway.model import (
+    MAX_MARKS,
+    Anchor,
     DeviceRecord,
     PresenceEvent,
     UserState,
     aggregate,
+    compact,
+    evict,
     is_fresh,
     merge,
     next_version,
@@ -44,10 +48,11 @@ FORGET_PER_SWEEP = 10_000  # and a sweep: bounds one call's pause of the event l
 
 
 class _User:
-    __slots__ = ("expires", "grace_until", "queued", "records", "state")
+    __slots__ = ("anchors", "expires", "grace_until", "queued", "records", "state")
 
     def __init__(self, user: str) -> None:
         self.records: dict[str, DeviceRecord] = {}
+        self.anchors: dict[str | None, Anchor] = {}  # the compacted history (model.compact)
         self.state = UserState(user)
         self.grace_until: int | None = None  # an offline waiting out offline_grace_ms
         self.expires: int | None = None  # all offline: forgotten once the clock passes this
@@ -105,8 +110,12 @@ class MemoryStore:
         retention = self.settings.session_retention_s * 1000
         result = ApplyResult(published=[])
         touched: dict[str, _User] = {}
+        skew = self.settings.future_skew_s * 1000
+        max_devices = self.settings.max_devices_per_user
+        floor = now - max_age
+        folded: dict[str, list[tuple[str, int, int]]] = {}  # intervals trimmed while merging
         for ev in events:
-            if not is_fresh(ev.time, now, max_age):
+            if not is_fresh(ev.time, now, max_age, skew):
                 result.ignored += 1
                 continue
             entry = self._users.get((app, ev.user))
@@ -115,17 +124,31 @@ class MemoryStore:
             if entry is None:
                 entry = self._users[(app, ev.user)] = _User(ev.user)
             current = entry.records.get(ev.device)
-            merged = trim(merge(current, record_of(ev)), now - max_age)
-            if merged == current:
+            merged = merge(current, record_of(ev))
+            if merged is current:
                 result.ignored += 1
                 continue
+            # Bounded as apply.lua does it: a record past twice the marks cap is trimmed at
+            # once, and past twice max_devices records the oldest are evicted at once.
+            if len(merged.ons) + len(merged.offs) > 2 * MAX_MARKS:
+                merged, ended = trim(merged, floor)
+                folded.setdefault(ev.user, []).extend((merged.platform, *e) for e in ended)
             entry.records[ev.device] = merged
+            if current is None and len(entry.records) > 2 * max_devices:
+                for device in evict(entry.records, max_devices):
+                    del entry.records[device]
             result.applied += 1
             touched[ev.user] = entry
         grace = self.settings.offline_grace_ms
         for user, entry in touched.items():
+            for device in evict(entry.records, max_devices):
+                del entry.records[device]
             entry.records = prune(entry.records, now, retention)
-            fresh = aggregate(user, entry.records.values())
+            changed, entry.anchors = compact(
+                entry.records, entry.anchors, floor, grace, folded.get(user, ())
+            )
+            entry.records.update(changed)
+            fresh = aggregate(user, entry.records.values(), 0, grace, entry.anchors)
             if grace > 0 and fresh.status == "offline" and entry.state.status == "online":
                 if entry.grace_until is None:
                     entry.grace_until = now + grace
@@ -203,7 +226,10 @@ class MemoryStore:
             if entry is None or entry.grace_until != due:
                 continue  # cancelled by a reconnect, or superseded
             entry.grace_until = None
-            if self._publish(entry, aggregate(user, entry.records.values()), now):
+            fresh = aggregate(
+                user, entry.records.values(), 0, self.settings.offline_grace_ms, entry.anchors
+            )
+            if self._publish(entry, fresh, now):
                 published += 1
                 await self.broker.publish(app, user, state_encoder.encode(entry.state))
         return published

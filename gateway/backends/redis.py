@@ -4,8 +4,10 @@ Layout (``<prefix>`` is ``pg`` unless configured; ``<tag>`` is ``<app>/<user>`` 
 and ``}`` of the user id percent-escaped, so the whole tag is the Cluster hash tag and a user's
 key and channel always share a slot)::
 
-    <prefix>:u:{<tag>}   hash  d:<device> -> "<time>,<0|1>,<off>,<on1>;<on2>;…,<platform>"
+    <prefix>:u:{<tag>}   hash  d:<device> -> "<time>,<+|->,<base>,<ons>,<offs>,<platform>"
                                   a device record (``DeviceRecord``; platform last)
+                               a, a:<platform> -> the user's and each platform's anchor
+                                  of the compacted history, "<start>,<end>" (``model.compact``)
                                s -> the last published state (JSON)   v -> its version
                                g -> while an offline waits out the grace: when it ends (ms)
     <prefix>:c:{<tag>}   shard channel: every state published for the user (SPUBLISH)
@@ -72,7 +74,7 @@ from gateway.backends.memory import clock_ms
 from gateway.backends.redis_wire import Wire, bulk, command
 from gateway.errors import StoreUnavailable
 from gateway.model import (
-    MAX_ONLINE_TIMES,
+    MAX_MARKS,
     DeviceRecord,
     PresenceEvent,
     UserState,
@@ -203,29 +205,42 @@ def unavailable(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
 
 
+def _times(times: tuple[int, ...]) -> str:
+    return ";".join(map(str, times))
+
+
 def encode_record(rec: DeviceRecord) -> str:
-    """A device record as apply.lua stores it: ``time,online,off,on1;on2;…,platform``."""
-    off = "" if rec.off is None else str(rec.off)
-    return f"{rec.time},{int(rec.online)},{off},{';'.join(map(str, rec.ons))},{rec.platform}"
+    """A device record as apply.lua stores it: ``time,+|-,base,on1;on2;…,off1;off2;…,platform``."""
+    base = "" if rec.base is None else str(rec.base)
+    flag = "+" if rec.online else "-"
+    return f"{rec.time},{flag},{base},{_times(rec.ons)},{_times(rec.offs)},{rec.platform}"
+
+
+def _parse_times(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(";") if t)
 
 
 def decode_record(raw: bytes | str) -> DeviceRecord:
-    """The record ``encode_record`` made, or one of the older form ``time,online,platform``."""
+    """The record ``encode_record`` made, or one of the older forms (see apply.lua)."""
     text = raw.decode() if isinstance(raw, bytes) else raw
+    head = text.split(",", 2)
+    if head[1] in ("+", "-"):
+        time, flag, base, ons, offs, platform = text.split(",", 5)
+        return DeviceRecord(
+            int(time),
+            flag == "+",
+            platform,
+            _parse_times(ons),
+            _parse_times(offs),
+            int(base) if base else None,
+        )
     parts = text.split(",", 4)
     time, online = int(parts[0]), parts[1] == "1"
-    if len(parts) == 3:  # the older form: the record of that one event
-        return DeviceRecord(
-            time, online, parts[2], None if online else time, (time,) if online else ()
-        )
-    off, ons, platform = parts[2:]
-    return DeviceRecord(
-        time,
-        online,
-        platform,
-        int(off) if off else None,
-        tuple(int(t) for t in ons.split(";") if t),
-    )
+    if len(parts) == 3:  # time,online,platform: the record of that one event
+        ons, offs = ((time,), ()) if online else ((), (time,))
+        return DeviceRecord(time, online, parts[2], ons, offs)
+    off, ons, platform = parts[2:]  # time,online,off,ons,platform
+    return DeviceRecord(time, online, platform, _parse_times(ons), (int(off),) if off else ())
 
 
 class _Script:
@@ -316,9 +331,11 @@ class RedisStore:
             retention,
             settings.last_seen_retention_s * 1000,
             settings.offline_grace_ms,
-            MAX_ONLINE_TIMES,
+            MAX_MARKS,
+            settings.future_skew_s * 1000,
+            settings.max_devices_per_user,
         )
-        self._windows = b"".join(bulk(b"%d" % n) for n in windows)  # apply.lua's ARGV[2..6]
+        self._windows = b"".join(bulk(b"%d" % n) for n in windows)  # apply.lua's ARGV[2..8]
         self._queue: list[_Queued] = []  # applies waiting for the next call (see _queued)
         self._senders: set[asyncio.Task[None]] = set()
         self._applying = 0  # apply calls sent and not answered yet
@@ -569,7 +586,7 @@ class RedisStore:
                             platform,
                         )
                     )
-            nargs = 4 + 2 * len(idx) + 6 + 3 * len(idx) + 4 * events
+            nargs = 4 + 2 * len(idx) + 8 + 3 * len(idx) + 4 * events
             calls.append(
                 (
                     node,

@@ -3,8 +3,9 @@
 -- all its users: the caller sends one call per hash slot on Redis Cluster (a call's keys must
 -- share a slot there) and any mix of users on standalone Redis. The rules are gateway/model.py's
 -- and MemoryStore's, exactly: per-device merge (last-writer-wins on (time, online, platform) plus
--- the latest offline and the online times since it), trim, the freshness window, tombstone
--- pruning, aggregate, next_version and the offline grace. The store contract tests check that
+-- the online and offline times seen), the freshness window, eviction beyond max_devices,
+-- tombstone pruning, compaction (trim and the anchor), aggregate (the since of the continuous
+-- online period), next_version and the offline grace. The store contract tests check that
 -- this and the memory store agree.
 --
 -- KEYS[1]     the grace index of the call: sorted set, member = user tag (the hash tag of the
@@ -13,12 +14,15 @@
 --            keep it equal to the users' g fields in the same atomic step.
 -- KEYS[2i]    user i's hash. Fields:
 --            d:<device>  one device record (model.DeviceRecord):
---                        "<time>,<0|1>,<off>,<on1>;<on2>;...,<platform>"
---                        time, online, platform: the last-writer-wins winner; off: the latest
---                        offline time ("" if none); the online times at or after off, sorted
---                        ("" if none). The platform is last, so nothing in it can break the
---                        parse. Records of the older form "<time>,<0|1>,<platform>" are read
---                        too (as the record of that one event).
+--                        "<time>,<+|->,<base>,<on1>;<on2>;...,<off1>;<off2>;...,<platform>"
+--                        time, online (+), platform: the last-writer-wins winner; the online
+--                        and the offline times kept, sorted ("" if none); base: the start of
+--                        the online interval in progress at the horizon ("" if none). The
+--                        platform is last, so nothing in it can break the parse. The older
+--                        forms "<time>,<0|1>,<off>,<ons>,<platform>" (the latest offline and
+--                        the onlines since it) and "<time>,<0|1>,<platform>" are read too.
+--            a           the user's anchor of its compacted history, "<start>,<end>"
+--            a:<platform> that platform's (model.compact)
 --            s           the last published state, JSON, exactly as published
 --            v           its version
 --            p           its online platforms, JSON strings joined by ","
@@ -26,13 +30,15 @@
 -- KEYS[2i+1]  user i's shard channel. Not a key: declared because it carries the same hash
 --            tag, so cluster routing and the script's slot check cover the SPUBLISH too.
 -- ARGV[1]  mode: "apply" (merge the events) or "sweep" (publish the offline if the grace ended)
--- ARGV[2]  max_event_age_ms: events with |now - time| above it are ignored
+-- ARGV[2]  max_event_age_ms: events older than now - max_event_age_ms are ignored
 -- ARGV[3]  session_retention_ms: offline records older than now - retention are pruned
 -- ARGV[4]  last_seen_retention_ms: once every device is offline the key expires this long
 --          after the user's last-seen time (its latest offline record)
 -- ARGV[5]  offline_grace_ms (0: publish offlines at once)
--- ARGV[6]  max_online_times: the most online times a record keeps (model.MAX_ONLINE_TIMES)
--- ARGV[7..] per user, in KEYS order: the user id as a JSON string literal (encoded by the
+-- ARGV[6]  max_marks: the most online and offline times a record keeps (model.MAX_MARKS)
+-- ARGV[7]  future_skew_ms: events stamped later than now + future_skew_ms are ignored
+-- ARGV[8]  max_devices_per_user: the most device records a user keeps (model.evict)
+-- ARGV[9..] per user, in KEYS order: the user id as a JSON string literal (encoded by the
 --           caller, byte-equal to msgspec); now_ms, the caller's clock for this user (a call
 --           may carry users of several webhooks); n, its number of events (0 to sweep); then
 --           its n events, 4 values each, in arrival order: device, time, online (1|0), platform
@@ -49,6 +55,9 @@ local last_seen_retention = tonumber(ARGV[4])
 local index = KEYS[1]
 local grace = tonumber(ARGV[5])
 local cap = tonumber(ARGV[6])
+local future_skew = tonumber(ARGV[7])
+local max_devices = tonumber(ARGV[8])
+local join = math.max(grace, 1) -- model._chains: a gap of 1 ms breaks a chain without a grace
 
 -- Byte order of two strings: Python's str order for UTF-8. Lua's "<" on strings uses the
 -- server's collation locale, which may differ.
@@ -81,43 +90,51 @@ local function fmt(n)
   return string.format("%d", n)
 end
 
-local function encode_record(rec)
-  local ons, list = rec.ons, ""
-  if #ons == 1 then
-    list = fmt(ons[1])
-  elseif #ons > 1 then
-    local texts = {}
-    for i, t in ipairs(ons) do
-      texts[i] = fmt(t)
-    end
-    list = table.concat(texts, ";")
+-- Times joined by ";" ("" for none).
+local function join_times(list)
+  if #list == 0 then
+    return ""
+  elseif #list == 1 then
+    return fmt(list[1])
   end
-  -- The platform is appended, never formatted: "%s" would cut it at a NUL byte.
-  return string.format("%d,%s,%s,%s,", rec.t, rec.on and "1" or "0",
-    rec.off and fmt(rec.off) or "", list) .. rec.p
+  local texts = {}
+  for i, t in ipairs(list) do
+    texts[i] = fmt(t)
+  end
+  return table.concat(texts, ";")
 end
 
--- A record: { t, on, p, off (nil if none), ons (sorted array), raw (its encoding) }.
-local function decode_record(raw)
-  -- The form this script writes, in one match; anything else takes the general path below.
-  local t, on, off, ons = string.match(raw, "^(%d+),([01]),(%d*),([%d;]*),")
-  if t ~= nil then
-    local rec = {
-      t = tonumber(t),
-      on = on == "1",
-      p = string.sub(raw, #t + #off + #ons + 6),
-      raw = raw,
-      off = tonumber(off), -- nil for ""
-      ons = {},
-    }
-    if string.find(ons, ";", 1, true) == nil then
-      rec.ons[1] = tonumber(ons) -- stays empty for ""
-    else
-      for time in string.gmatch(ons, "%d+") do
-        rec.ons[#rec.ons + 1] = tonumber(time)
-      end
+local function encode_record(rec)
+  -- The platform is appended, never formatted: "%s" would cut it at a NUL byte.
+  return string.format("%d,%s,%s,%s,%s,", rec.t, rec.on and "+" or "-",
+    rec.base and fmt(rec.base) or "", join_times(rec.ons), join_times(rec.offs)) .. rec.p
+end
+
+local function parse_times(text)
+  local list = {}
+  if string.find(text, ";", 1, true) == nil then
+    list[1] = tonumber(text) -- stays empty for ""
+  else
+    for time in string.gmatch(text, "%d+") do
+      list[#list + 1] = tonumber(time)
     end
-    return rec
+  end
+  return list
+end
+
+-- A record: { t, on, p, ons, offs (sorted arrays), base (nil if none) }.
+local function decode_record(raw)
+  -- The form this script writes, in one match; the older forms take the general path below.
+  local t, on, base, ons, offs = string.match(raw, "^(%d+),([%+%-]),(%d*),([%d;]*),([%d;]*),")
+  if t ~= nil then
+    return {
+      t = tonumber(t),
+      on = on == "+",
+      p = string.sub(raw, #t + #base + #ons + #offs + 7),
+      base = tonumber(base), -- nil for ""
+      ons = parse_times(ons),
+      offs = parse_times(offs),
+    }
   end
   local f, from = {}, 1
   for _ = 1, 4 do
@@ -128,83 +145,220 @@ local function decode_record(raw)
     f[#f + 1] = string.sub(raw, from, comma - 1)
     from = comma + 1
   end
-  local rec = { t = tonumber(f[1]), on = f[2] == "1", p = string.sub(raw, from), raw = raw }
-  if #f == 2 then
-    -- The older form, the record of one event: re-encoded so a duplicate of it compares equal.
-    rec.off = (not rec.on) and rec.t or nil
+  local rec = { t = tonumber(f[1]), on = f[2] == "1", p = string.sub(raw, from) }
+  if #f == 2 then -- "<time>,<0|1>,<platform>": the record of that one event
     rec.ons = rec.on and { rec.t } or {}
-    rec.raw = encode_record(rec)
-  else
-    rec.off = tonumber(f[3]) -- nil for ""
-    rec.ons = {}
-    for t in string.gmatch(f[4], "[^;]+") do
-      rec.ons[#rec.ons + 1] = tonumber(t)
-    end
+    rec.offs = rec.on and {} or { rec.t }
+  else -- "<time>,<0|1>,<off>,<ons>,<platform>": the latest offline, the onlines since it
+    local off = tonumber(f[3])
+    rec.offs = off and { off } or {}
+    rec.ons = parse_times(f[4])
   end
   return rec
 end
 
--- model.merge(current, model.record_of(event)): a new record.
+-- Insert t into the sorted list, in place; false if it is there already. From the end: a new
+-- latest time (the usual case) costs one comparison.
+local function insert(list, t)
+  local pos = #list + 1
+  while pos > 1 and list[pos - 1] >= t do
+    if list[pos - 1] == t then
+      return false
+    end
+    pos = pos - 1
+  end
+  table.insert(list, pos, t)
+  return true
+end
+
+-- model.merge(current, model.record_of(event)), in place: the record, and whether it changed.
 local function merge(cur, t, on, p)
   if cur == nil then
-    return { t = t, on = on, p = p, off = (not on) and t or nil, ons = on and { t } or {} }
+    return { t = t, on = on, p = p, ons = on and { t } or {}, offs = on and {} or { t } }, true
   end
-  local new = { t = cur.t, on = cur.on, p = cur.p, off = cur.off, ons = cur.ons }
+  local changed = insert(on and cur.ons or cur.offs, t)
   if beats({ t = t, on = on, p = p }, cur) then
-    new.t, new.on, new.p = t, on, p
+    cur.t, cur.on, cur.p = t, on, p
+    changed = true
   end
-  if on then
-    if cur.off == nil or t >= cur.off then -- insert t, keeping ons sorted and unique
-      local ons, placed = {}, false
-      for _, x in ipairs(cur.ons) do
-        if not placed and t <= x then
-          if t < x then
-            ons[#ons + 1] = t
-          end
-          placed = true
-        end
-        ons[#ons + 1] = x
-      end
-      if not placed then
-        ons[#ons + 1] = t
-      end
-      new.ons = ons
-    end
-  elseif cur.off == nil or t > cur.off then -- a later offline cuts the online times before it
-    new.off = t
-    local ons = {}
-    for _, x in ipairs(cur.ons) do
-      if x >= t then
-        ons[#ons + 1] = x
-      end
-    end
-    new.ons = ons
-  end
-  return new
+  return cur, changed
 end
 
--- model.trim: keep the first online time; drop later ones older than floor; then keep at
--- most cap, the first and the newest.
-local function trim(rec, floor)
-  local ons = rec.ons
-  if #ons <= 1 then
-    return rec
-  end
-  local kept = { ons[1] }
-  for i = 2, #ons do
-    if ons[i] >= floor then
-      kept[#kept + 1] = ons[i]
+-- model._walk: walk rec's marks in rank order (an offline before an online of the same ms) from
+-- its base, while fewer than skip are walked or the next is older than floor; append the
+-- intervals they end ({start, end}) to spans. Returns the start of the interval still open
+-- (nil if none) and the indexes of the first marks not walked in ons and offs.
+local function walk(rec, floor, skip, spans)
+  local ons, offs = rec.ons, rec.offs
+  local i, j, walked, start = 1, 1, 0, rec.base
+  local last_end = nil -- the end of the interval this walk appended last
+  while true do
+    local on_t, off_t = ons[i], offs[j]
+    local t, online
+    if off_t ~= nil and (on_t == nil or off_t <= on_t) then
+      t, online = off_t, false
+    elseif on_t ~= nil then
+      t, online = on_t, true
+    else
+      break
+    end
+    if walked >= skip and t >= floor then
+      break
+    end
+    walked = walked + 1
+    if online then
+      i = i + 1
+      if start == nil then
+        if last_end == t then -- back online in the ms it went offline: never was offline
+          start = table.remove(spans)[1]
+        else
+          start = t
+        end
+      end
+    else
+      j = j + 1
+      if start ~= nil then
+        spans[#spans + 1] = { start, t }
+        start, last_end = nil, t
+      end
     end
   end
-  if #kept > cap then
-    local newest = { kept[1] }
-    for i = #kept - cap + 2, #kept do
-      newest[#newest + 1] = kept[i]
-    end
-    kept = newest
+  return start, i, j
+end
+
+local function tail(list, from)
+  local out = {}
+  for k = from, #list do
+    out[#out + 1] = list[k]
   end
-  rec.ons = kept
-  return rec
+  return out
+end
+
+-- model.trim, in place: fold the marks older than floor, and beyond cap marks the oldest, into
+-- base; append the intervals they ended to ended. Returns whether the record changed.
+local function trim(rec, floor, ended)
+  local skip = math.max(#rec.ons + #rec.offs - cap, 0)
+  local on_t, off_t = rec.ons[1], rec.offs[1]
+  if skip == 0 and (on_t == nil or on_t >= floor) and (off_t == nil or off_t >= floor) then
+    return false
+  end
+  local start, i, j = walk(rec, floor, skip, ended)
+  rec.ons, rec.offs, rec.base = tail(rec.ons, i), tail(rec.offs, j), start
+  return true
+end
+
+-- model._chains: the last chain of spans ({start, end}, end math.huge while open), an interval
+-- joining when it starts less than join ms after the chain's end. Returns its start and end.
+local function chain(spans)
+  table.sort(spans, function(x, y)
+    return x[1] < y[1]
+  end)
+  local cs, ce = nil, nil
+  for _, span in ipairs(spans) do
+    if cs == nil or span[1] >= ce + join then
+      cs, ce = span[1], span[2]
+    elseif span[2] > ce then
+      ce = span[2]
+    end
+  end
+  return cs, ce
+end
+
+-- The last chain of spans as an anchor ({start, end}), or nil where nothing from below the
+-- floor can join anything any more (see model.compact).
+local function settle(spans, crossing, floor)
+  local cs, ce = chain(spans)
+  if cs == nil or ce == math.huge or (not crossing and ce + join <= floor) then
+    return nil
+  end
+  return { cs, ce }
+end
+
+-- model.compact: trim every record at floor (marking the changed ones dirty) and fold what they
+-- drop (and ended, {start, end, platform} folded while merging) into the anchors: { all = the
+-- user's ({start, end} or nil), by = { [platform] = {start, end} } }. Returns the new anchors
+-- and whether they may have changed.
+local function compact(records, anchors, floor, ended, dirty)
+  local changed = #ended > 0
+  for device, rec in pairs(records) do
+    local from = #ended
+    if trim(rec, floor, ended) then
+      dirty[device] = true
+      changed = true
+      for k = from + 1, #ended do
+        ended[k][3] = rec.p
+      end
+    end
+  end
+  if not changed then
+    return anchors, false
+  end
+  local all, by, crossing = {}, {}, {}
+  local function add(p, span)
+    all[#all + 1] = span
+    local list = by[p]
+    if list == nil then
+      list = {}
+      by[p] = list
+    end
+    list[#list + 1] = span
+  end
+  for _, span in ipairs(ended) do
+    add(span[3], { span[1], span[2] })
+  end
+  all[#all + 1] = anchors.all
+  for p, anchor in pairs(anchors.by) do
+    local list = by[p]
+    if list == nil then
+      list = {}
+      by[p] = list
+    end
+    list[#list + 1] = anchor
+  end
+  local any = false
+  for _, rec in pairs(records) do
+    if rec.base ~= nil then
+      any, crossing[rec.p] = true, true
+      if rec.base < floor then
+        add(rec.p, { rec.base, floor })
+      end
+    end
+  end
+  local out = { all = settle(all, any, floor), by = {} }
+  for p, list in pairs(by) do
+    out.by[p] = settle(list, crossing[p], floor)
+  end
+  return out, true
+end
+
+-- model.evict: drop records beyond keep, the oldest offline first, then the online with the
+-- oldest time (ties: the smaller device key); a stored one is deleted. Returns the count left.
+local function evict(records, keep, dirty, stored, gone)
+  local order = {}
+  for device in pairs(records) do
+    order[#order + 1] = device
+  end
+  if #order <= keep then
+    return #order
+  end
+  table.sort(order, function(x, y)
+    local a, b = records[x], records[y]
+    if a.on ~= b.on then
+      return b.on
+    end
+    if a.t ~= b.t then
+      return a.t < b.t
+    end
+    return str_lt(x, y)
+  end)
+  for k = 1, #order - keep do
+    local device = order[k]
+    records[device], dirty[device] = nil, nil
+    if stored[device] then
+      gone[#gone + 1] = "d:" .. device
+    end
+  end
+  return keep
 end
 
 -- cjson escapes "/" as "\/"; msgspec does not. Both decode alike; keep the bytes identical.
@@ -222,12 +376,15 @@ end
 -- One user's device records and what was published for it.
 local function load(key)
   local records = {}
-  local old = { s = nil, v = 0, p = "", g = nil }
+  local old = { s = nil, v = 0, p = "", g = nil, by = {} }
   local flat = redis.call("HGETALL", key)
   for i = 1, #flat, 2 do
     local field, value = flat[i], flat[i + 1]
-    if string.sub(field, 1, 2) == "d:" then
+    local kind = string.sub(field, 1, 2)
+    if kind == "d:" then
       records[string.sub(field, 3)] = decode_record(value)
+    elseif kind == "a:" then
+      old.by[string.sub(field, 3)] = value -- a platform's anchor
     elseif field == "v" or field == "g" then
       old[field] = tonumber(value)
     else
@@ -237,21 +394,35 @@ local function load(key)
   return records, old
 end
 
--- model.aggregate: online platforms with their earliest device since (the first online time
--- of the device's streak), sorted by platform; since = the earliest of those, else the latest
--- offline time. Returns the state's JSON up to "v" and its platform list.
-local function aggregate(records, user_json)
-  local online, platforms = {}, {}
+-- model.aggregate: the online platforms, sorted, each with the start of the last chain of its
+-- devices' intervals and its anchor; since = the start of the last chain of every device's
+-- intervals and the user's anchor (see chain), else the latest offline time. Returns the
+-- state's JSON up to "v" and its platform list.
+local function aggregate(records, user_json, anchors)
+  local online, platforms, by = {}, {}, {}
   local last_seen = nil
+  local all = { anchors.all }
+  for p, anchor in pairs(anchors.by) do
+    by[p] = { anchor }
+  end
   for _, rec in pairs(records) do
+    local list = by[rec.p]
+    if list == nil then
+      list = {}
+      by[rec.p] = list
+    end
+    local from = #list
+    local start = walk(rec, math.huge, 0, list)
+    if start ~= nil then
+      list[#list + 1] = { start, math.huge }
+    end
+    for k = from + 1, #list do
+      all[#all + 1] = list[k]
+    end
     if rec.on then
-      local since = rec.ons[1] or rec.t
-      local prev = online[rec.p]
-      if prev == nil then
-        online[rec.p] = since
+      if not online[rec.p] then
+        online[rec.p] = true
         platforms[#platforms + 1] = rec.p
-      elseif since < prev then
-        online[rec.p] = since
       end
     elseif last_seen == nil or rec.t > last_seen then
       last_seen = rec.t
@@ -262,16 +433,51 @@ local function aggregate(records, user_json)
       .. (last_seen and fmt(last_seen) or "null") .. ',"devices":[],"v":', ""
   end
   table.sort(platforms, str_lt)
-  local devices, names, since = {}, {}, nil
+  local devices, names = {}, {}
   for i, p in ipairs(platforms) do
     names[i] = json_string(p)
-    devices[i] = '{"platform":' .. names[i] .. ',"since":' .. fmt(online[p]) .. "}"
-    if since == nil or online[p] < since then
-      since = online[p]
-    end
+    devices[i] = '{"platform":' .. names[i] .. ',"since":' .. fmt((chain(by[p]))) .. "}"
   end
+  local since = chain(all)
   return '{"user":' .. user_json .. ',"status":"online","since":' .. fmt(since)
     .. ',"devices":[' .. table.concat(devices, ",") .. '],"v":', table.concat(names, ",")
+end
+
+-- An anchor as stored ("<start>,<end>"), or nil.
+local function parse_anchor(text)
+  local cs, ce = string.match(text or "", "^(%d+),(%d+)$")
+  if cs == nil then
+    return nil
+  end
+  return { tonumber(cs), tonumber(ce) }
+end
+
+-- The anchors stored in fields a (the user's) and a:<platform>.
+local function parse_anchors(old)
+  local anchors = { all = parse_anchor(old.a), by = {} }
+  for p, text in pairs(old.by) do
+    anchors.by[p] = parse_anchor(text)
+  end
+  return anchors
+end
+
+-- The fields that store anchors in place of old's: set (into fields) and deleted (into gone).
+local function store_anchors(old, anchors, fields, gone)
+  if anchors.all ~= nil then
+    fields[#fields + 1] = "a"
+    fields[#fields + 1] = fmt(anchors.all[1]) .. "," .. fmt(anchors.all[2])
+  elseif old.a ~= nil then
+    gone[#gone + 1] = "a"
+  end
+  for p, anchor in pairs(anchors.by) do
+    fields[#fields + 1] = "a:" .. p
+    fields[#fields + 1] = fmt(anchor[1]) .. "," .. fmt(anchor[2])
+  end
+  for p in pairs(old.by) do
+    if anchors.by[p] == nil then
+      gone[#gone + 1] = "a:" .. p
+    end
+  end
 end
 
 -- The state to publish from ``head`` (a state up to "v"), if it differs from the published
@@ -309,7 +515,7 @@ local function sweep(key, channel, user_json, tag)
   end
   redis.call("HDEL", key, "g")
   redis.call("ZREM", index, tag)
-  local head, platforms = aggregate(records, user_json)
+  local head, platforms = aggregate(records, user_json, parse_anchors(old))
   local state, fields = next_state(old, user_json, head, platforms)
   if state then
     hset(key, fields)
@@ -321,24 +527,39 @@ end
 -- Apply one user's events, ARGV[first..last]. Returns applied, ignored, state, grace_end.
 local function apply(key, channel, user_json, first, last, tag)
   local records, old = load(key)
-  -- Merge the events in order (model.is_fresh, model.merge, model.trim); an event that leaves
-  -- its record as it was is ignored.
+  -- Merge the events in order (model.is_fresh, model.merge); an event that leaves its record as
+  -- it was is ignored. Bounded as MemoryStore.apply does it: a record past twice the marks cap
+  -- is trimmed at once, and past twice max_devices records the oldest are evicted at once.
   local applied, ignored = 0, 0
-  local dirty = {}
+  local dirty, stored, gone, ended = {}, {}, {}, {}
+  local count = 0
+  for device in pairs(records) do
+    stored[device] = true
+    count = count + 1
+  end
+  local floor = now - max_age
   for i = first, last, 4 do
     local device, t = ARGV[i], tonumber(ARGV[i + 1])
-    if math.abs(now - t) > max_age then
+    if t < floor or t > now + future_skew then
       ignored = ignored + 1
     else
       local current = records[device]
-      local new = trim(merge(current, t, ARGV[i + 2] == "1", ARGV[i + 3]), now - max_age)
-      new.raw = encode_record(new)
-      if current ~= nil and new.raw == current.raw then
+      local rec, changed = merge(current, t, ARGV[i + 2] == "1", ARGV[i + 3])
+      if not changed then
         ignored = ignored + 1
       else
-        records[device] = new
-        dirty[device] = true
         applied = applied + 1
+        dirty[device] = true
+        if #rec.ons + #rec.offs > 2 * cap then
+          trim(rec, floor, ended)
+        end
+        if current == nil then
+          records[device] = rec
+          count = count + 1
+          if count > 2 * max_devices then
+            count = evict(records, max_devices, dirty, stored, gone)
+          end
+        end
       end
     end
   end
@@ -349,26 +570,34 @@ local function apply(key, channel, user_json, first, last, tag)
     return 0, ignored, false, old.g or false
   end
 
+  evict(records, max_devices, dirty, stored, gone) -- model.evict
+
   -- Prune tombstones (model.prune).
   local cutoff = now - retention
-  local gone = {}
   for device, rec in pairs(records) do
     if not rec.on and rec.t < cutoff then
       records[device] = nil
       dirty[device] = nil
-      gone[#gone + 1] = "d:" .. device
+      if stored[device] then
+        gone[#gone + 1] = "d:" .. device
+      end
     end
   end
   local fields = {}
+  -- Compact the history below the floor (model.compact); field a holds the anchor.
+  local anchors, moved = compact(records, parse_anchors(old), floor, ended, dirty)
+  if moved then
+    store_anchors(old, anchors, fields, gone)
+  end
   for device in pairs(dirty) do
     fields[#fields + 1] = "d:" .. device
-    fields[#fields + 1] = records[device].raw
+    fields[#fields + 1] = encode_record(records[device])
   end
 
   -- What to publish. Offline grace: the last device going offline is published only when the
   -- sweep finds the user still offline after the grace; a return on the same platforms before
   -- then shows nothing.
-  local head, platforms = aggregate(records, user_json)
+  local head, platforms = aggregate(records, user_json, anchors)
   local state, grace_end, published = false, false, nil
   if grace > 0 and platforms == "" and old.p ~= "" then
     grace_end = old.g
@@ -417,7 +646,7 @@ local function apply(key, channel, user_json, first, last, tag)
 end
 
 local out, o = {}, 0
-local a = 7
+local a = 9
 for k = 2, #KEYS, 2 do
   local user_json, n = ARGV[a], tonumber(ARGV[a + 2])
   now = tonumber(ARGV[a + 1])
