@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from gateway.backends.base import PresenceSettings
-from gateway.backends.redis import RedisBroker, RedisStore
+from gateway.backends.redis import RedisBroker, RedisStore, user_channel
 from gateway.errors import StoreUnavailable
 from gateway.model import PresenceEvent, state_decoder, state_encoder
+from tests.clusters import Cluster
 from tests.conftest import backend_url
-from tests.servers import ClusterServers, RedisServer, free_port
+from tests.servers import ClusterServers, RedisServer, free_port, raw_command
 
 pytestmark = pytest.mark.redis
 
@@ -227,3 +231,126 @@ async def test_cluster_node_restart(redis_cluster_proc: ClusterServers) -> None:
         assert feed.broker.resets >= 1
     finally:
         await feed.aclose()
+
+
+@pytest.mark.cluster
+async def test_slot_move_resubscribes_only_what_moved(tmp_path: Path) -> None:
+    """A slot moving away: its channel is subscribed at the new node, the rest never stop."""
+    cluster = Cluster(tmp_path / "cluster")
+    await asyncio.to_thread(cluster.start)
+    feed = Feed(cluster.url, cluster=True)
+    try:
+        await feed.broker.start()
+
+        def node(user: str) -> str:
+            slot = key_slot(user_channel(feed.prefix, feed.app, user).encode())
+            return cluster.owner(slot).address
+
+        mover = "mover"
+        steady = next(f"s{i}" for i in range(1000) if node(f"s{i}") == node(mover))
+        await feed.broker.subscribe(feed.app, [mover, steady])
+        acked: list[int] = []
+        stop = asyncio.Event()
+        down: list[bool] = []
+
+        async def publish_steady() -> None:
+            t = NOW
+            while not stop.is_set():
+                t += 1
+                event = on(steady, t) if t % 2 else off(steady, t)
+                result = await feed.store.apply(feed.app, [event], now_ms=t)
+                acked.extend(state.v for state in result.published)
+                down.append(not feed.broker.live)
+                await asyncio.sleep(0.005)
+
+        publisher = asyncio.create_task(publish_steady())
+        target = next(n for n in cluster.nodes if n.address != node(mover))
+        slot = key_slot(user_channel(feed.prefix, feed.app, mover).encode())
+        await asyncio.to_thread(cluster.migrate, [slot], target)
+        async with asyncio.timeout(10):
+            await feed.reset.wait()  # the moved channel may have missed a publish: resync
+        stop.set()
+        await publisher
+        payload = await feed.apply(on(mover, NOW + 10**6), now=NOW + 10**6)
+        got: dict[str, list[int]] = {mover: [], steady: []}
+        while not got[mover]:
+            _, user, body = await feed.next()
+            got[user].append(state_decoder.decode(body).v)
+        assert state_decoder.decode(payload).v in got[mover]
+        while feed.got.qsize():
+            _, user, body = feed.got.get_nowait()
+            got[user].append(state_decoder.decode(body).v)
+        assert set(acked) <= set(got[steady])  # nothing missed on the node that kept its slot
+        assert not any(down)
+        assert feed.broker.resets >= 1
+    finally:
+        await feed.aclose()
+        await asyncio.to_thread(cluster.stop)
+
+
+PASSWORD = "n0t-in-any-log-8c1f"
+
+
+async def _until_down(broker: RedisBroker) -> None:
+    for _ in range(250):  # poll up to 5 s
+        if not broker.live:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the feed never noticed the server was gone")
+
+
+class AuthRedisServer(RedisServer):
+    """A redis-server that wants a password."""
+
+    def _argv(self) -> list[str]:
+        return [*super()._argv(), "--requirepass", PASSWORD]
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+        try:
+            return raw_command(self.port, "PING", timeout=0.5).startswith(b"-NOAUTH")
+        except OSError:
+            return False
+
+
+async def test_password_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Feed losses (a frozen, then a killed server) log and raise without the URL's password."""
+    caplog.set_level(logging.DEBUG)
+    server = AuthRedisServer(tmp_path / "redis")
+    await server.astart()
+    url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+    feed = Feed(url, cluster=False, ping_every=0.2)
+    raised: list[str] = []
+    try:
+        await feed.broker.start()
+        await feed.broker.subscribe(feed.app, ["bob"])
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)  # noticed by the feed's PING
+        try:
+            await _until_down(feed.broker)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        async with asyncio.timeout(10):
+            await feed.reset.wait()
+        feed.reset.clear()
+        await server.astop()  # kill -9
+        await _until_down(feed.broker)
+        for attempt in (
+            feed.broker.subscribe(feed.app, ["amy"]),
+            feed.store.apply(feed.app, [on("bob")], now_ms=NOW),
+            feed.store.ping(),
+        ):
+            with pytest.raises(StoreUnavailable) as info:
+                await attempt
+            raised.append(str(info.value))
+        await server.astart()
+        async with asyncio.timeout(10):
+            await feed.reset.wait()
+    finally:
+        await feed.aclose()
+        server.stop()
+    assert any("feed lost" in r.getMessage() for r in caplog.records)
+    for text in [caplog.text, *raised, *(r.getMessage() for r in caplog.records)]:
+        assert PASSWORD not in text
