@@ -8,9 +8,12 @@ generations (garbage made in the last second: a few ms) and freezes the survivor
 collections only walk what was made since.
 
 The price: a frozen object that later becomes part of a garbage *cycle* is never collected.
-Connection teardown therefore breaks its cycles (``gateway.transport``), a test checks that
-a closed connection leaves nothing for the collector, and ``presence_gc_frozen_objects``
-shows the frozen count (it should follow the connection count, not grow without bound).
+Connection teardown therefore breaks its cycles (``gateway.transport``), tests check that a
+closed WebSocket or HTTP connection (clean close or reset, keep-alive or not) leaves nothing
+for the collector, and ``presence_gc_frozen_objects`` shows the frozen count (it should
+follow the connection count, not grow without bound). uvicorn's own HTTP protocols leave one
+such cycle behind a reset keep-alive connection (the keep-alive timer and the protocol), so
+the gateway runs its own (``cli.uvicorn_options``).
 """
 
 from __future__ import annotations
