@@ -40,8 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--provider",
         default="mixed",
-        choices=["tencent", "rongcloud", "openim", "standard", "mixed"],
-        help="whose webhooks to send (mixed: users spread over all four)",
+        choices=[
+            "tencent",
+            "rongcloud",
+            "openim",
+            "standard",
+            "easemob",
+            "netease",
+            "wukongim",
+            "mixed",
+        ],
+        help="whose webhooks to send (mixed: users spread over all seven)",
     )
     sim.add_argument(
         "--users", type=int, default=6, help="alice, bob, carol, dave, erin, frank, user7, ..."
@@ -61,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     secrets.add_argument("--rongcloud-app-secret", default="demo-app-secret")
     secrets.add_argument("--openim-token", default="", help="token path segment ('': none)")
     secrets.add_argument("--standard-secret", default=config.DEV_STANDARD_SECRET)
+    dev = config.dev_settings().apps["demo"]
+    assert dev.easemob and dev.netease, "dev mode configures every provider"
+    secrets.add_argument("--easemob-appkey", default=dev.easemob.appkey, help="org#app")
+    secrets.add_argument("--easemob-secret", default=dev.easemob.secret)
+    secrets.add_argument("--netease-app-key", default=dev.netease.app_key)
+    secrets.add_argument("--netease-app-secret", default=dev.netease.app_secret)
+    secrets.add_argument("--wukongim-token", default="", help="token path segment ('': none)")
     return parser
 
 

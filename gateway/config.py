@@ -110,6 +110,9 @@ def dev_settings(redis_url: str | None = None) -> Settings:
         rongcloud=RongCloudConfig(app_key="demo-app-key", app_secret="demo-app-secret"),
         openim=OpenIMConfig(),
         standard=StandardConfig(secret=DEV_STANDARD_SECRET),
+        easemob=EasemobConfig(appkey="demo#demo", secret="demo-easemob-callback-secret"),
+        netease=NetEaseConfig(app_key="demo-netease-app-key", app_secret="demo-netease-secret"),
+        wukongim=WuKongIMConfig(),  # no token: no path segment (WuKongIM signs nothing)
     )
     redis = RedisConfig(url=redis_url) if redis_url else None
     return Settings(apps={"demo": app}, redis=redis, dev_mode=True)

@@ -9,6 +9,14 @@ and posts it with httpx at a steady rate, riding out a gateway that is down.
 Every event time a user gets is later than all earlier ones of that user, and the gateway
 merges each device last-writer-wins by event time, so no retry, duplicate or reordering
 changes the end result: once every delivery is in, the gateway shows ``expected()``.
+
+WuKongIM is the exception: its payload has no event time, the gateway stamps its events in
+arrival order (array order inside one request). So its deliveries are never reordered,
+held back or re-sent except as WuKongIM itself does (the same batch again, at once), and
+they are posted one at a time; their ``Change.time`` is the model's own and is not sent.
+
+The three newer providers (Easemob, NetEase, WuKongIM) are built by their adapters' own
+inverse (``build_request``): this module holds no second copy of those wire formats.
 """
 
 from __future__ import annotations
@@ -23,21 +31,26 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
 import msgspec
 
-from gateway.config import DEV_STANDARD_SECRET, AppConfig
-from gateway.providers import rongcloud, standard, tencent
+from gateway.config import AppConfig, dev_settings
+from gateway.model import PresenceEvent
+from gateway.providers import easemob, netease, rongcloud, standard, tencent, wukongim
+from gateway.providers.base import WebhookRequest
 
-PROVIDER_NAMES = ("tencent", "rongcloud", "openim", "standard")
+PROVIDER_NAMES = ("tencent", "rongcloud", "openim", "standard", "easemob", "netease", "wukongim")
 FIRST_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank")  # the demo page's friends
 DEFAULT_URL = "http://127.0.0.1:8000"
+_T = TypeVar("_T")
 
 # What happened to a device (``Change.how``); only LOGIN leaves it online.
 LOGIN = "login"
@@ -48,7 +61,10 @@ KICKED = "kicked"  # replaced by a login elsewhere
 ADMIN_KICK = "admin-kick"  # Tencent OpenKickInstance: every device of the user
 CUSTOM_STATUS = "custom-status"  # Tencent CustomStatusChange: not presence, changes nothing
 
-BATCHING = frozenset({"rongcloud", "standard"})  # providers that post several events at once
+BATCHING = frozenset({"rongcloud", "standard", "wukongim"})  # several events in one post
+# Providers whose events the gateway orders by arrival (no event time): never reordered,
+# held back or re-sent from further back, and posted one at a time.
+ARRIVAL_ORDERED = frozenset({"wukongim"})
 RESEND_CHANCE = 0.12  # share of steps that re-send an earlier delivery
 BATCH_CHANCE = 0.6  # share of batching steps that carry other users' events too
 
@@ -77,6 +93,21 @@ CATALOG: dict[str, dict[str, tuple[str, ...]]] = {
         "desktop": ("windows", "mac", "linux"),
         "web": ("web",),
         "tablet": ("ipad",),
+    },
+    "easemob": {
+        "phone": ("ios", "android", "harmonyos"),
+        "desktop": ("windows", "mac", "linux"),
+        "web": ("web",),
+    },
+    "netease": {
+        "phone": ("ios", "android", "harmonyos"),
+        "desktop": ("windows", "mac", "linux"),
+        "web": ("web",),
+    },
+    "wukongim": {  # deviceFlag 0 app, 1 web, 2 pc
+        "phone": ("mobile",),
+        "desktop": ("pc",),
+        "web": ("web",),
     },
 }
 OWN_CHANCE = {"phone": 1.0, "desktop": 0.7, "web": 0.5, "tablet": 0.25}
@@ -108,6 +139,11 @@ OPENIM_PLATFORM = {
     "ipad": (9, "IPad"),
     "harmonyos": (11, "HarmonyOS"),
 }
+
+
+def _device_id(user: str, gadget: _Gadget) -> str:
+    """A stable device id (UUID form) for one device of ``user``."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{user}/{gadget.platform}/{gadget.ident}"))
 
 
 def user_ids(n: int) -> list[str]:
@@ -211,6 +247,7 @@ class Simulation:
         for user in self.users:
             self._peers.setdefault(user.provider, []).append(user)
         self._ids = itertools.count(1)
+        self._conn_ids = itertools.count(self.rng.randrange(1_000, 1_000_000))  # WuKongIM connId
         self._order = itertools.count()
         self._held: list[tuple[int, int, str, _Part]] = []  # (due, order, provider, part)
         self._history: deque[tuple[int, Delivery]] = deque(maxlen=256)
@@ -257,7 +294,7 @@ class Simulation:
     def _deliveries(self, provider: str, parts: list[_Part], now: int) -> list[Delivery]:
         now_parts = []
         for part in parts:
-            if part.delay_ms:
+            if part.delay_ms and provider not in ARRIVAL_ORDERED:
                 due = now + part.delay_ms
                 heapq.heappush(self._held, (due, next(self._order), provider, part))
             else:
@@ -266,7 +303,7 @@ class Simulation:
             return [self._new(provider, p.changes, p.note, now) for p in now_parts]
         changes = tuple(c for p in now_parts for c in p.changes)
         note = "; ".join(f"{p.changes[0].user} {p.note}" for p in now_parts)
-        if self.rng.random() < 0.3:
+        if provider not in ARRIVAL_ORDERED and self.rng.random() < 0.3:
             changes = tuple(self.rng.sample(changes, len(changes)))
             note += " [shuffled]"
         return [self._new(provider, changes, f"batch of {len(changes)}: {note}", now)]
@@ -279,8 +316,18 @@ class Simulation:
         return out
 
     def _resend(self, now: int) -> Delivery | None:
-        """A delivery sent again: at once (a duplicate) or up to ``max_lag_s`` later."""
-        recent = [(t, d) for t, d in self._history if now - t <= self.max_lag_ms]
+        """A delivery sent again: at once (a duplicate) or up to ``max_lag_s`` later.
+
+        A WuKongIM batch is re-sent only while it is that provider's latest: WuKongIM resends
+        the batch whose answer it missed before any other, and the gateway, ordering by
+        arrival, would apply an older one over newer events.
+        """
+        latest = {d.provider: d.id for _, d in self._history if d.provider in ARRIVAL_ORDERED}
+        recent = [
+            (t, d)
+            for t, d in self._history
+            if now - t <= self.max_lag_ms and latest.get(d.provider, d.id) == d.id
+        ]
         if not recent:
             return None
         sent, orig = recent[-1] if self.rng.random() < 0.4 else self.rng.choice(recent)
@@ -289,7 +336,8 @@ class Simulation:
             f"duplicate of #{orig.id}" if age_s < 1 else f"retry of #{orig.id}, {age_s:.0f} s late"
         )
         changes = orig.changes
-        if orig.provider in BATCHING and len(changes) > 1 and self.rng.random() < 0.5:
+        shuffle = orig.provider in BATCHING and orig.provider not in ARRIVAL_ORDERED
+        if shuffle and len(changes) > 1 and self.rng.random() < 0.5:
             changes = tuple(self.rng.sample(changes, len(changes)))
             note += " [shuffled]"
         return Delivery(
@@ -328,6 +376,13 @@ class Simulation:
             return pid  # OpenIM >= 3.8.2 sends an empty connID: keyed by platform id
         if user.provider == "rongcloud":
             return f"{self.rng.getrandbits(48):012x}"  # a new session per connection
+        if user.provider == "easemob":  # the resource of ``user``: {os}_{deviceId}
+            os_name = easemob.OS_OF.get(gadget.platform, gadget.platform)
+            return f"{os_name}_{_device_id(user.name, gadget)}"
+        if user.provider == "netease":  # deviceId: one per device, kept across logins
+            return _device_id(user.name, gadget)
+        if user.provider == "wukongim":  # {deviceFlag}:{connId}: a connId per connection
+            return f"{wukongim.FLAG_OF[gadget.platform]}:{next(self._conn_ids)}"
         return f"{user.name}-{gadget.platform}-{gadget.ident}"
 
     def _connect(self, user: _User, gadget: _Gadget, t: int) -> Change:
@@ -364,6 +419,8 @@ class Simulation:
             options += [(0.3, self._admin_kick), (0.6, self._custom_status)]
         if user.provider == "openim":
             options.append((0.8, self._resync))
+        if user.provider == "wukongim":
+            options.append((0.8, self._brief))
         action = self.rng.choices([a for _, a in options], [w for w, _ in options])[0]
         return action(user, now)
 
@@ -447,6 +504,10 @@ class Simulation:
             return [_Part((login, kicked), note + " (KickedDevice)")]
         if user.provider == "openim":
             return [_Part((kicked,), f"kick-off {old.platform}"), _Part((login,), note)]
+        if user.provider == "easemob":  # the new login's callback, then the old one's
+            return [_Part((login,), note), _Part((kicked,), f"{old.platform} replaced")]
+        if user.provider == "netease":  # NetEase copies a plain logout for the kicked device
+            return [_Part((login,), note), _Part((kicked,), f"{old.platform} logged out")]
         return [_Part((kicked, login), note)]
 
     def _admin_kick(self, user: _User, now: int) -> list[_Part]:
@@ -467,6 +528,14 @@ class Simulation:
             for key, g in sorted(user.online.items())
         ]
 
+    def _brief(self, user: _User, now: int) -> list[_Part]:
+        """WuKongIM: a connection opens and closes within one batch (array order decides)."""
+        gadget = self.rng.choice(user.gadgets)
+        key = self._key(user, gadget)
+        on = Change(user.name, key, gadget.platform, LOGIN, self._tick(user, now))
+        off = Change(user.name, key, gadget.platform, DISCONNECT, self._tick(user, now))
+        return [_Part((on, off), f"brief connection {gadget.platform}: online, then offline")]
+
     def _late(self) -> int:
         return self.rng.randint(2_000, max(2_000, min(30_000, self.max_lag_ms)))
 
@@ -474,17 +543,34 @@ class Simulation:
 # -- one signed request per provider (pure) ------------------------------------------------
 
 
+def _dev(table: _T | None) -> _T:
+    assert table is not None, "dev mode configures every provider"
+    return table
+
+
+# Target's defaults: the secrets of dev mode's app (config.dev_settings, their one copy).
+_DEV = dev_settings().apps["demo"]
+_DEV_TC, _DEV_RC, _DEV_STD = _dev(_DEV.tencent), _dev(_DEV.rongcloud), _dev(_DEV.standard)
+_DEV_OI, _DEV_EM, _DEV_NE = _dev(_DEV.openim), _dev(_DEV.easemob), _dev(_DEV.netease)
+_DEV_WK = _dev(_DEV.wukongim)
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """The gateway app to post to and the provider secrets to sign with (dev mode's default)."""
 
-    app: str = "demo"
-    tencent_sdkappid: int = 1400000000
-    tencent_token: str = ""
-    rongcloud_app_key: str = "demo-app-key"
-    rongcloud_app_secret: str = "demo-app-secret"
-    openim_token: str = ""
-    standard_secret: str = DEV_STANDARD_SECRET
+    app: str = _DEV.id
+    tencent_sdkappid: int = _DEV_TC.sdkappid
+    tencent_token: str = _DEV_TC.callback_token
+    rongcloud_app_key: str = _DEV_RC.app_key
+    rongcloud_app_secret: str = _DEV_RC.app_secret
+    openim_token: str = _DEV_OI.token
+    standard_secret: str = _DEV_STD.secret
+    easemob_appkey: str = _DEV_EM.appkey
+    easemob_secret: str = _DEV_EM.secret
+    netease_app_key: str = _DEV_NE.app_key
+    netease_app_secret: str = _DEV_NE.app_secret
+    wukongim_token: str = _DEV_WK.token
 
     @classmethod
     def for_app(cls, app: AppConfig) -> Target:
@@ -502,6 +588,14 @@ class Target:
             target = replace(target, openim_token=app.openim.token)
         if app.standard:
             target = replace(target, standard_secret=app.standard.secret)
+        if app.easemob:
+            em = app.easemob
+            target = replace(target, easemob_appkey=em.appkey, easemob_secret=em.secret)
+        if app.netease:
+            ne = app.netease
+            target = replace(target, netease_app_key=ne.app_key, netease_app_secret=ne.app_secret)
+        if app.wukongim:
+            target = replace(target, wukongim_token=app.wukongim.token)
         return target
 
 
@@ -640,11 +734,59 @@ def build_standard(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
     return HttpRequest("POST", _hook(target, "standard"), (), headers, body)
 
 
+def _event(c: Change) -> PresenceEvent:
+    """``c`` as the event the gateway should parse out of its webhook."""
+    return PresenceEvent(c.user, c.device, c.platform, c.online, c.time, _REASON.get(c.how, ""))
+
+
+_REASON = {KICKED: "kicked"}  # Easemob sends a kicked device as ``replaced``
+
+
+def _http(target: Target, provider: str, req: WebhookRequest) -> HttpRequest:
+    """An adapter's inverse (a ``WebhookRequest``) as the HTTP call that carries it."""
+    path = _hook(target, provider) + "".join("/" + quote(s, safe="") for s in req.path)
+    return HttpRequest("POST", path, req.query, dict(req.headers), req.body)
+
+
+def build_easemob(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
+    """One ``userStatus`` callback: login, logout, or ``replaced`` for a kicked device.
+
+    Odd styles leave ``@easemob.com`` out of ``user`` (Agora Chat's form). The callId is
+    fixed by the delivery and its style, so a re-send is Easemob's own resend: same body.
+    """
+    (c,) = d.changes
+    config = easemob.EasemobConfig(appkey=target.easemob_appkey, secret=target.easemob_secret)
+    call_id = f"{config.appkey}_{uuid.uuid5(uuid.NAMESPACE_URL, f'{d.msg_id}/{d.style}')}"
+    req = easemob.build_request(
+        config, _event(c), call_id=call_id, now_ms=now_ms, domain=d.style % 2 == 0
+    )
+    return _http(target, "easemob", req)
+
+
+def build_netease(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
+    """One login / logout copy, its headers signing the body at ``now_ms``."""
+    (c,) = d.changes
+    config = netease.NetEaseConfig(
+        app_key=target.netease_app_key, app_secret=target.netease_app_secret
+    )
+    return _http(target, "netease", netease.build_request(config, _event(c), now_ms=now_ms))
+
+
+def build_wukongim(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
+    """One ``user.onlinestatus`` batch: an array in the order the events happened, no times."""
+    config = wukongim.WuKongIMConfig(token=target.wukongim_token)
+    events = [_event(c) for c in d.changes]
+    return _http(target, "wukongim", wukongim.build_request(config, events, now_ms=now_ms))
+
+
 BUILDERS: dict[str, Callable[[Delivery, Target, int], HttpRequest]] = {
     "tencent": build_tencent,
     "rongcloud": build_rongcloud,
     "openim": build_openim,
     "standard": build_standard,
+    "easemob": build_easemob,
+    "netease": build_netease,
+    "wukongim": build_wukongim,
 }
 
 
@@ -840,9 +982,11 @@ async def run(
 ) -> Summary:
     """Send ``sim``'s webhooks to the gateway at ``url`` until the duration, count or ``stop``.
 
-    Webhooks go out at ``options.rate`` per second. A gateway that does not answer is
-    reported through ``warn`` and retried with backoff; nothing raises. At the end the late
-    deliveries still held back are sent too, so the gateway ends in ``sim.expected()``.
+    Webhooks go out at ``options.rate`` per second, up to ``options.concurrency`` at once,
+    except that each ``ARRIVAL_ORDERED`` provider's go one at a time, in order (as WuKongIM
+    posts its batches). A gateway that does not answer is reported through ``warn`` and
+    retried with backoff; nothing raises. At the end the late deliveries still held back
+    are sent too, so the gateway ends in ``sim.expected()``.
     """
     options = options or Options()
     stop = stop or asyncio.Event()
@@ -850,20 +994,29 @@ async def run(
     started = time.monotonic()
     deadline = started + options.duration_s if options.duration_s else None
     queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=options.concurrency)
+    # one queue and one worker per arrival-ordered provider: its posts never overtake
+    serial: dict[str, asyncio.Queue[Delivery | None]] = {
+        p: asyncio.Queue(maxsize=1) for p in sorted(ARRIVAL_ORDERED)
+    }
+
+    async def put(delivery: Delivery) -> None:
+        await serial.get(delivery.provider, queue).put(delivery)
+
     timeout = httpx.Timeout(options.timeout_s)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport) as client:
         sender = _Sender(client, target, options, stop, report, warn)
+        workers = [queue] * options.concurrency + list(serial.values())
         async with asyncio.TaskGroup() as group:
-            for _ in range(options.concurrency):
-                group.create_task(sender.worker(queue))
+            for worker_queue in workers:
+                group.create_task(sender.worker(worker_queue))
             try:
                 # The model already counts the rest of the last step and the late ones.
-                rest = await _produce(sim, options, queue, stop, deadline)
+                rest = await _produce(sim, options, put, stop, deadline)
                 for delivery in [*rest, *sim.flush(clock_ms())]:
-                    await queue.put(delivery)
+                    await put(delivery)
             finally:
-                for _ in range(options.concurrency):
-                    await queue.put(None)
+                for worker_queue in workers:
+                    await worker_queue.put(None)
     sender.summary.elapsed_s = time.monotonic() - started
     return sender.summary
 
@@ -871,7 +1024,7 @@ async def run(
 async def _produce(
     sim: Simulation,
     options: Options,
-    queue: asyncio.Queue[Delivery | None],
+    put: Callable[[Delivery], Awaitable[None]],
     stop: asyncio.Event,
     deadline: float | None,
 ) -> list[Delivery]:
@@ -891,7 +1044,7 @@ async def _produce(
             continue
         if not pending:
             pending.extend(sim.step(clock_ms()))
-        await queue.put(pending.popleft())
+        await put(pending.popleft())
         produced += 1
         next_at = max(next_at + interval, time.monotonic() - interval)
     return list(pending)
@@ -958,6 +1111,11 @@ def main(args: argparse.Namespace) -> int:
         rongcloud_app_secret=args.rongcloud_app_secret,
         openim_token=args.openim_token,
         standard_secret=args.standard_secret,
+        easemob_appkey=args.easemob_appkey,
+        easemob_secret=args.easemob_secret,
+        netease_app_key=args.netease_app_key,
+        netease_app_secret=args.netease_app_secret,
+        wukongim_token=args.wukongim_token,
     )
     options = Options(
         rate=args.rate,
@@ -973,6 +1131,9 @@ def main(args: argparse.Namespace) -> int:
         f"simulating {args.users} users ({', '.join(providers)}) at {args.rate:g} webhooks/s "
         f"{how_long} -> {url}, app {args.app}"
     )
+    if len(providers) > args.users:
+        left_out = ", ".join(providers[args.users :])
+        _stderr(f"note: one provider per user, so no users for {left_out}; try --users 7")
     try:
         summary = asyncio.run(_run_command(sim, target, url, options, args.quiet))
     except KeyboardInterrupt:

@@ -20,13 +20,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import cli
 from gateway.backends.base import PresenceSettings
 from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
+from gateway.model import PresenceEvent
 from gateway.providers import PROVIDERS
 from gateway.providers.base import WebhookRequest
+from gateway.providers.easemob import EasemobConfig
+from gateway.providers.netease import NetEaseConfig
 from gateway.providers.openim import OpenIMConfig
 from gateway.providers.rongcloud import RongCloudConfig
 from gateway.providers.tencent import TencentConfig
+from gateway.providers.wukongim import WuKongIMConfig
 from gateway.simulate import (
     ADMIN_KICK,
+    ARRIVAL_ORDERED,
     CUSTOM_STATUS,
     KICKED,
     LOGIN,
@@ -45,11 +50,11 @@ from gateway.simulate import (
 from tests.live import serve
 from tests.servers import free_port
 
-STATUS_OK = {"tencent": 200, "rongcloud": 200, "openim": 200, "standard": 204}
+STATUS_OK = {p: 200 for p in PROVIDER_NAMES} | {"standard": 204}
 
 
 def make_settings(redis_url: str | None = None) -> Settings:
-    """Every provider configured with real secrets: Tencent Sign and the OpenIM path token on."""
+    """Every provider with other secrets than dev mode's: Tencent Sign and path tokens on."""
     base = dev_settings().apps["demo"]
     app = msgspec.structs.replace(
         base,
@@ -57,6 +62,9 @@ def make_settings(redis_url: str | None = None) -> Settings:
         tencent=TencentConfig(sdkappid=1400012345, callback_token="tencent-cb-token"),
         rongcloud=RongCloudConfig(app_key="rc-key", app_secret="rc-secret"),
         openim=OpenIMConfig(token="openim-path-token"),
+        easemob=EasemobConfig(appkey="sim-org#sim-app", secret="easemob-rule-secret"),
+        netease=NetEaseConfig(app_key="netease-key", app_secret="netease-app-secret"),
+        wukongim=WuKongIMConfig(token="wukongim-path-token"),
     )
     redis = RedisConfig(url=redis_url) if redis_url else None
     return Settings(apps={app.id: app}, redis=redis)
@@ -86,13 +94,18 @@ def changes_of(deliveries: list[Delivery]) -> Iterator[tuple[Delivery, Any]]:
 
 
 def replay(deliveries: list[Delivery]) -> Iterator[dict[str, set[str]]]:
-    """Each user's online platforms after each delivery, merged last-writer-wins per device."""
+    """Each user's online platforms after each delivery, merged last-writer-wins per device.
+
+    WuKongIM sends no event time: as the gateway does, its events are ordered by arrival
+    (array order inside a delivery), and the simulator's own times are not used.
+    """
     records: dict[tuple[str, str], tuple[int, bool, str]] = {}
+    arrival = itertools.count(1)
     for d in deliveries:
         for c in d.changes:
             if c.how == CUSTOM_STATUS:
                 continue
-            new = (c.time, c.online, c.platform)
+            new = (next(arrival) if d.provider in ARRIVAL_ORDERED else c.time, c.online, c.platform)
             old = records.get((c.user, c.device))
             if old is None or new[:2] > old[:2]:
                 records[(c.user, c.device)] = new
@@ -167,6 +180,40 @@ def test_generator_makes_flaps_kicks_retries_and_multi_device() -> None:
     assert all(sent_at - 600_000 < c.time < sent_at + 600_000 for _, c in changes)
 
 
+def test_generator_speaks_easemob_netease_and_wukongim_as_they_do() -> None:
+    """Easemob kicks are `replaced`; NetEase copies; WuKongIM arrays in order, retried at once."""
+    _, deliveries = generate(seed=5, providers=("easemob", "netease", "wukongim"), steps=800)
+    target = Target()
+    bodies = [(d, json.loads(build(d, target, clock_ms()).body)) for d in deliveries]
+    easemob = [(d, b) for d, b in bodies if d.provider == "easemob"]
+    assert {b["reason"] for _, b in easemob} == {"login", "logout", "replaced"}
+    assert all(b["reason"] == "replaced" for d, b in easemob if d.changes[0].how == KICKED)
+    assert {"@easemob.com/" in b["user"] for _, b in easemob} == {True, False}
+    assert {b["eventType"] for d, b in bodies if d.provider == "netease"} == {"2", "3"}
+    # WuKongIM: batches as arrays, one with a connection that opened and closed in it.
+    wukong = [d for d in deliveries if d.provider == "wukongim"]
+    batches = [b for d, b in bodies if d.provider == "wukongim"]
+    assert all(isinstance(b, list) and all(isinstance(e, str) for e in b) for b in batches)
+    assert max(len(b) for b in batches) >= 3
+    assert any(len({c.device for c in d.changes}) < len(d.changes) for d in wukong)
+    # Never reordered: each connection comes online once, before it goes offline, in the order
+    # of the deliveries and of the arrays (re-sends repeat the batch just sent).
+    by_id = {d.id: d for d in deliveries}
+    seen: dict[str, list[bool]] = defaultdict(list)
+    last_new: Delivery | None = None
+    for d in wukong:
+        if d.resend_of is not None:
+            assert last_new is not None and d.resend_of == last_new.id
+            assert d.changes == by_id[d.resend_of].changes
+            continue
+        last_new = d
+        for c in d.changes:
+            seen[f"{c.user}/{c.device}"].append(c.online)
+    assert any(d.resend_of is not None for d in wukong)
+    assert all(states in ([True], [True, False]) for states in seen.values())
+    assert sum(states == [True, False] for states in seen.values()) > 10
+
+
 @pytest.mark.parametrize("providers", [PROVIDER_NAMES, *((p,) for p in PROVIDER_NAMES)])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_model_is_the_end_state_whatever_the_delivery_order(
@@ -207,6 +254,9 @@ def test_every_request_passes_the_providers_own_checks_and_means_what_was_simula
         for style in range(4):  # every wire form of the provider
             req = build(replace(d, style=style), target, now)
             parsed = adapters[d.provider].handle(to_webhook_request(req, d.provider, now))
+            if d.provider in ARRIVAL_ORDERED:
+                assert_stamped_in_array_order(parsed.events, d, now)
+                continue
             got = {(e.user, e.device, e.platform, e.online, e.time) for e in parsed.events}
             meant = {
                 (c.user, c.device, c.platform, c.online, c.time)
@@ -221,6 +271,19 @@ def test_every_request_passes_the_providers_own_checks_and_means_what_was_simula
                 assert parsed.unused == 1
         kinds.update(c.how for c in d.changes)
     assert kinds[KICKED] and kinds[CUSTOM_STATUS] and kinds[ADMIN_KICK]
+    assert {d.provider for d in deliveries} == set(PROVIDER_NAMES)
+
+
+def assert_stamped_in_array_order(events: list[PresenceEvent], d: Delivery, now: int) -> None:
+    """A WuKongIM batch parses to its changes in order, stamped by the gateway's clock."""
+    assert [(e.user, e.device, e.platform, e.online) for e in events] == [
+        (c.user, c.device, c.platform, c.online) for c in d.changes
+    ], d
+    assert all(e.time >= now for e in events)  # not the simulator's times
+    last: dict[str, int] = {}
+    for e in events:  # one device's events strictly in array order
+        assert e.time > last.get(e.device, 0), d
+        last[e.device] = e.time
 
 
 async def query(client: httpx.AsyncClient, app: AppConfig, users: list[str]) -> dict[str, Any]:
@@ -304,6 +367,51 @@ class FlakyTransport(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
+class WatchingTransport(httpx.AsyncHTTPTransport):
+    """Records the WuKongIM bodies in the order they went out and how many were in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[bytes] = []
+        self.in_flight = self.most_in_flight = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if "/webhooks/wukongim" not in request.url.path:
+            return await super().handle_async_request(request)
+        self.bodies.append(request.content)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await super().handle_async_request(request)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_wukongim_batches_go_one_at_a_time_in_order_whatever_the_concurrency() -> None:
+    """With 8 requests in flight, WuKongIM's batches still go one by one, in the model's order."""
+    settings = make_settings()
+    app = app_of(settings)
+    target = Target.for_app(app)
+    sim = Simulation(user_ids(8), ("wukongim", "easemob"), seed=4)
+    results: list[Result] = []
+    transport = WatchingTransport()
+    async with serve(settings) as gw:
+        await run(
+            sim,
+            target,
+            gw.url,
+            Options(rate=5000, count=200, concurrency=8),
+            on_result=results.append,
+            transport=transport,
+        )
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            states = await query(client, app, user_ids(8))
+    made = [r.delivery for r in results if r.delivery.provider == "wukongim"]
+    assert len(made) > 50 and transport.most_in_flight == 1
+    assert transport.bodies == [build(d, target, 0).body for d in sorted(made, key=lambda d: d.id)]
+    assert_gateway_shows(states, sim.expected())
+
+
 async def test_outage_is_reported_and_ridden_out_with_backoff() -> None:
     """Refused connections are reported, retried with backoff and lose nothing."""
     settings = make_settings()
@@ -355,14 +463,14 @@ async def test_a_gateway_that_stays_down_ends_cleanly_when_stopped() -> None:
 
 
 async def test_cli_needs_no_flags_against_dev_mode(capsys: pytest.CaptureFixture[str]) -> None:
-    """Without secret flags the command's webhooks all get 2xx from a dev-mode gateway."""
+    """Without secret flags the command's webhooks (all seven providers) get 2xx in dev mode."""
     async with serve(dev_settings()) as gw:
-        argv = ["simulate", "--url", gw.url, "--count", "25", "--rate", "1000", "--seed", "2"]
-        code = await asyncio.to_thread(cli.main, argv)
+        argv = ["simulate", "--url", gw.url, "--users", "7", "--count", "60", "--rate", "1000"]
+        code = await asyncio.to_thread(cli.main, [*argv, "--seed", "2"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     lines = [line for line in out if line.startswith("#")]
-    assert len(lines) >= 25
+    assert len(lines) >= 60
     assert all(line.rsplit(maxsplit=1)[-1] in ("200", "204") for line in lines)
     assert {p for p in PROVIDER_NAMES if any(f" {p} " in line for line in lines)} == set(
         PROVIDER_NAMES
