@@ -81,6 +81,7 @@ class Hub:
         # plain counters, exported by a collector at scrape time (no locks on the hot path)
         self.sent = 0
         self.slow_closes = 0
+        self.refused = 0  # connections over max_connections_per_user
         broker.set_handlers(self.on_message, self.on_reset)
         metrics.registry.register(_HubCollector(self))
 
@@ -398,4 +399,9 @@ class _HubCollector(Collector):
         )
         yield CounterMetricFamily(
             "presence_slow_consumer_closes", "Clients closed with 4008", value=hub.slow_closes
+        )
+        yield CounterMetricFamily(
+            "presence_connections_refused",
+            "Connections refused with 4009: the user had max_connections_per_user open",
+            value=hub.refused,
         )

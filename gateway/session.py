@@ -258,6 +258,7 @@ class Session:
             self.close(4001, str(exc))
             return False
         if not self.hub.admit(self.app.id, claims.sub, self.app.max_connections_per_user):
+            self.hub.refused += 1
             self.close(4009, "too many connections for this user")
             return False
         self._admitted = True
@@ -304,6 +305,8 @@ class Session:
                 self._close_slow()
                 break
             await asyncio.sleep(CATCH_UP_POLL)
+        else:
+            self.behind_since = None  # caught up: a later fall behind starts a fresh count
         return not self.closed
 
     async def _handle(self, text: str | bytes | None) -> bool:

@@ -97,6 +97,8 @@ async def test_connection_over_the_per_user_cap_is_refused_after_hello() -> None
         bob = await live.login("bob")  # the cap is per user
         assert (await bob.request("ping"))["type"] == "pong"
         assert hub_of(live).connections == {(live.app.id, "alice"): 3, (live.app.id, "bob"): 1}
+        metrics = (await live.http.get("/metrics")).text
+        assert "presence_connections_refused_total 1.0" in metrics
 
 
 async def test_a_capped_user_connects_again_after_any_close(
