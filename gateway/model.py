@@ -245,7 +245,7 @@ def trim(
     )
 
 
-def _chains(spans: Iterable[Span], grace: int) -> Anchor | tuple[int, None] | None:
+def _chains(spans: Iterable[Span], grace: int) -> Span | None:
     """The last chain of ``spans``: start and end (None while open); None for no spans."""
     join = max(grace, 1)  # a gap of at least 1 ms breaks the chain without a grace
     start: int | None = None

@@ -152,9 +152,10 @@ async def test_reads_records_of_the_older_form(store: RedisStore, raw: Redis) ->
     """Records of the older forms ("time,online,platform", "time,online,off,ons,platform")
     are read and merged."""
     key = store.key("app", "bob")
-    older = {"d:d1": b"%d,1,ios" % NOW, "d:d2": b"%d,0,web" % (NOW - 9)}
-    older["d:d3"] = b"%d,1,%d,%d;%d,mac" % (NOW, NOW - 8, NOW - 7, NOW)
-    await raw.hset(key, mapping=older)
+    d3 = b"%d,1,%d,%d;%d,mac" % (NOW, NOW - 8, NOW - 7, NOW)
+    await raw.hset(
+        key, mapping={"d:d1": b"%d,1,ios" % NOW, "d:d2": b"%d,0,web" % (NOW - 9), "d:d3": d3}
+    )
     assert await store.records("app", "bob") == {
         "d1": DeviceRecord(NOW, True, "ios", (NOW,)),
         "d2": DeviceRecord(NOW - 9, False, "web", (), (NOW - 9,)),

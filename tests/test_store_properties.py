@@ -307,10 +307,14 @@ async def test_memory_and_redis_agree_on_floods(
         online=st.booleans(),
         time=st.integers(-3000, 0),
     )
+    # One device past twice the marks cap within a batch: unique times, online or not.
+    burst = st.lists(st.tuples(st.integers(-3000, 0), st.booleans()), min_size=70, max_size=100)
     now = NOW
     for advance in data.draw(st.lists(st.sampled_from([0, 999, 2500]), min_size=1, max_size=3)):
         now += advance
         template = data.draw(st.lists(flood, min_size=20, max_size=160))
+        template += [PresenceEvent("ann", "d0", "ios", o, t) for t, o in data.draw(burst)]
+        template = data.draw(st.permutations(template))
         batch = [msgspec.structs.replace(ev, time=now + ev.time) for ev in template]
         assert by_user(await memory.apply(batch, now)) == by_user(await redis.apply(batch, now))
     records = await memory.store.records(memory.app, "ann")

@@ -241,12 +241,12 @@ def decode_record(raw: bytes | str) -> DeviceRecord:
             int(base) if base else None,
         )
     parts = text.split(",", 4)
-    time, online = int(parts[0]), parts[1] == "1"
+    at, online = int(parts[0]), parts[1] == "1"
     if len(parts) == 3:  # time,online,platform: the record of that one event
-        ons, offs = ((time,), ()) if online else ((), (time,))
-        return DeviceRecord(time, online, parts[2], ons, offs)
-    off, ons, platform = parts[2:]  # time,online,off,ons,platform
-    return DeviceRecord(time, online, platform, _parse_times(ons), (int(off),) if off else ())
+        return DeviceRecord(at, online, parts[2], (at,) if online else (), () if online else (at,))
+    last_off, old_ons, old_platform = parts[2:]  # time,online,off,ons,platform
+    old_offs = (int(last_off),) if last_off else ()
+    return DeviceRecord(at, online, old_platform, _parse_times(old_ons), old_offs)
 
 
 class _Script:
