@@ -57,6 +57,7 @@ class Seen:
     path: str
     at: float  # time.monotonic() on arrival
     users: tuple[str, ...] = ()  # the users asked about (status requests)
+    peer: str = ""  # the client's ip:port: one per connection
 
 
 @dataclass
@@ -90,8 +91,9 @@ class FakePullApi:
         if self._release is not None:
             self._release.set()
 
-    def _seen(self, path: str, users: Sequence[str] = ()) -> None:
-        self.requests.append(Seen(path, time.monotonic(), tuple(users)))
+    def _seen(self, request: Request, path: str, users: Sequence[str] = ()) -> None:
+        peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+        self.requests.append(Seen(path, time.monotonic(), tuple(users), peer))
 
     async def _transport_fault(self) -> Response | str | None:
         """The next fault: a Response for the HTTP ones, its name for provider ones."""
@@ -180,9 +182,9 @@ class FakeTencent(FakePullApi):
             ids = body["To_Account"]
             assert isinstance(ids, list) and all(isinstance(i, str) for i in ids)
         except (ValueError, KeyError, AssertionError):
-            self._seen(self.status_path)
+            self._seen(request, self.status_path)
             return self._fail(_TENCENT_BAD_REQUEST, "To_Account required")
-        self._seen(self.status_path, ids)
+        self._seen(request, self.status_path, ids)
         fault = await self._transport_fault()
         if isinstance(fault, Response):
             return fault
@@ -262,7 +264,7 @@ class FakeRongCloud(FakePullApi):
             "application/x-www-form-urlencoded"
         )
         user = form["userId"][0] if form_type and len(form.get("userId", ())) == 1 else None
-        self._seen(self.status_path, [user] if isinstance(user, str) else [])
+        self._seen(request, self.status_path, [user] if isinstance(user, str) else [])
         fault = await self._transport_fault()
         if isinstance(fault, Response):
             return fault
@@ -319,7 +321,7 @@ class FakeOpenIM(FakePullApi):
         self.revoked.update(self.tokens)
 
     async def _admin_token(self, request: Request) -> Response:
-        self._seen(self.token_path)
+        self._seen(request, self.token_path)
         if not request.headers.get("operationID"):
             return self._answer(1001, "ArgsError: header must have operationID")
         try:
@@ -352,9 +354,9 @@ class FakeOpenIM(FakePullApi):
             ids = body["userIDs"]
             assert isinstance(ids, list) and all(isinstance(i, str) for i in ids)
         except (ValueError, KeyError, AssertionError):
-            self._seen(self.status_path)
+            self._seen(request, self.status_path)
             return self._answer(1001, "ArgsError: userIDs")
-        self._seen(self.status_path, ids)
+        self._seen(request, self.status_path, ids)
         fault = await self._transport_fault()
         if isinstance(fault, Response):
             return fault

@@ -442,6 +442,7 @@ async def test_openim_batches_of_100_one_token(server: FakeServer) -> None:
     finally:
         await client.aclose()
     assert sorted(len(seen.users) for seen in fake.queries) == [1, 1, 100]
+    assert len({seen.peer for seen in fake.requests}) <= 2  # connections reused
     assert len(checked.answers) == 101 and not checked.failed
     assert checked.answers["u100"] == Answer(True, ("android",))
     assert len(fake.token_requests) == 1
