@@ -584,7 +584,8 @@ local function apply(key, channel, user_json, first, last, tag)
     end
   end
   local fields = {}
-  -- Compact the history below the floor (model.compact); field a holds the anchor.
+  -- Compact the history below the floor (model.compact); fields a and a:<platform> hold the
+  -- anchors.
   local anchors, moved = compact(records, parse_anchors(old), floor, ended, dirty)
   if moved then
     store_anchors(old, anchors, fields, gone)
