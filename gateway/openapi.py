@@ -154,11 +154,13 @@ def _webhook_operation(with_rest: bool) -> dict[str, Any]:
     }
 
 
-# What the HTTP layer answers before any route runs (gateway.transport, uvicorn), in plain
-# text, on every path: a request it cannot parse, headers (or a body) too slow or too large,
-# and the connection limits.
+# What the HTTP layer answers before any route runs (gateway.transport, uvicorn, the router),
+# in plain text, on every path: a request it cannot parse, headers (or a body) too slow or
+# too large, a path no route matches (a path segment out of its pattern), the connection
+# limits.
 _TRANSPORT = {
     "400": "the HTTP request cannot be parsed (plain text, from the HTTP server)",
+    "404": "no route matches the path",
     "408": "the request did not arrive within request_timeout_s",
     "431": "the request line or headers are too large",
     "503": "over the connection limits; retry later",

