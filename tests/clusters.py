@@ -244,6 +244,18 @@ class Cluster:
             self._ok_without_dead, "the cluster to be ok", max(deadline - time.monotonic(), 1)
         )
 
+    def readdress(self, node: Node) -> Node:
+        """``node`` killed and back at a new port with its identity (a pod with a new IP).
+
+        Without persistence its keys are gone; its slots stay its own.
+        """
+        node.stop()
+        again = Node(node.directory)  # the same nodes.conf: the same node id and slots
+        self.nodes[self.nodes.index(node)] = again
+        again.start()
+        self.wait_settled()
+        return again
+
     def _ok_without_dead(self) -> bool:
         try:
             return all(n.info("cluster").get("cluster_state") == "ok" for n in self.live)

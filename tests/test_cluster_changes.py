@@ -16,7 +16,7 @@ import pytest
 from redis.crc import key_slot
 
 from gateway.backends.base import PresenceSettings
-from gateway.backends.redis import RedisBroker, RedisStore
+from gateway.backends.redis import APPLY, RedisBroker, RedisStore
 from gateway.errors import StoreUnavailable
 from gateway.model import PresenceEvent, state_decoder
 from tests.clusters import Cluster
@@ -267,3 +267,57 @@ async def test_killed_master_under_traffic(scene_on: Scene) -> None:
     await asyncio.to_thread(scene.cluster.wait_promoted, replica)
     await scene.converged()
     assert scene.traffic.failures > before  # the outage was seen, and it ended
+
+
+async def test_moved_to_a_new_node_loads_the_scripts_there(cluster: Cluster) -> None:
+    """An apply sent on a stale topology follows MOVED to a new node and loads its scripts."""
+    store = RedisStore.from_url(
+        cluster.url, cluster=True, settings=PresenceSettings(), prefix=f"t{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        event = PresenceEvent(user="bob", device="d1", platform="ios", online=True, time=NOW)
+        await store.apply("app", [event], now_ms=NOW)  # the topology is read once, here
+        new = await asyncio.to_thread(cluster.add_master)
+        slot = key_slot(store.key("app", "bob").encode())
+        await asyncio.to_thread(cluster.migrate, [slot], new)
+        assert new.run("SCRIPT", "EXISTS", APPLY.sha) == [0]  # an empty script cache
+        later = PresenceEvent(user="bob", device="d1", platform="ios", online=False, time=NOW + 1)
+        result = await store.apply("app", [later], now_ms=NOW + 1)  # via the old node's MOVED
+        assert result.applied == 1
+        assert (await store.records("app", "bob"))["d1"].time == NOW + 1
+    finally:
+        await store.close()
+
+
+async def test_node_back_at_a_new_address(cluster: Cluster) -> None:
+    """A master back at a new address is served there; the lane to the old address is closed."""
+    store = RedisStore.from_url(
+        cluster.url, cluster=True, settings=PresenceSettings(), prefix=f"t{uuid.uuid4().hex[:8]}"
+    )
+    users = [f"u{i}" for i in range(30)]
+    try:
+        events = [
+            PresenceEvent(user=u, device="d1", platform="ios", online=True, time=NOW) for u in users
+        ]
+        await store.apply("app", events, now_ms=NOW)
+        moved = cluster.nodes[1]
+        old = moved.address
+        await asyncio.to_thread(cluster.readdress, moved)
+        later = [
+            PresenceEvent(user=u, device="d1", platform="ios", online=False, time=NOW + 1)
+            for u in users
+        ]
+        async with asyncio.timeout(SETTLE_S):
+            while True:
+                try:
+                    result = await store.apply("app", later, now_ms=NOW + 1)
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.05)  # a provider retries later, too
+        assert result.applied + result.ignored == len(users)  # ignored: taken by a try before
+        for user in users:
+            assert (await store.records("app", user))["d1"].time == NOW + 1
+        assert old not in await store._wire.primaries()
+        assert old not in store._wire._lanes
+    finally:
+        await store.close()
