@@ -207,3 +207,29 @@ async def test_a_bug_in_the_webhook_route_is_a_503_counted_as_error(
     logged = [r for r in caplog.records if r.exc_info and "answered 503" in r.getMessage()]
     assert len(logged) == 1
     assert TOKEN not in "\n".join(r.getMessage() for r in caplog.records)
+
+
+async def test_a_client_gone_mid_body_is_counted_disconnected(
+    gw: tuple[LiveGateway, AppConfig],
+) -> None:
+    """A webhook whose client leaves before its body arrives counts as "disconnected", not ok."""
+    live, app = gw
+    head = (
+        b"POST /v1/apps/" + app.id.encode() + b"/webhooks/tencent HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    _, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    writer.write(head)
+    await writer.drain()
+    async with httpx.AsyncClient(base_url=live.url) as http:
+
+        async def outcome(name: str) -> float:
+            return metric((await http.get("/metrics")).text, "tencent", name)
+
+        writer.close()  # headers and the start of the body arrived; the rest never will
+        await writer.wait_closed()
+        async with asyncio.timeout(5):
+            while await outcome("disconnected") < 1:  # noqa: ASYNC110 (polling, a deadline)
+                await asyncio.sleep(0.02)
+        assert await outcome("ok") == 0
+        assert await outcome("error") == 0
