@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import api, openapi, webhooks
+from gateway import api, devtools, openapi, webhooks
 from gateway.backends import open_backend
 from gateway.backends.base import Broker, PresenceStore
 from gateway.config import Settings
@@ -172,6 +172,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         Route(hook + "/{rest:path}", webhook, methods=["POST"]),
         Route("/v1/apps/{app}/presence", bind(api.presence), methods=["GET"]),
         Route("/v1/apps/{app}/dev-token", bind(api.dev_token), methods=["GET"]),
+        Route("/v1/apps/{app}/dev-webhook/{provider}", bind(devtools.webhook), methods=["POST"]),
         Route("/healthz", bind(api.healthz), methods=["GET"]),
         Route("/readyz", bind(api.readyz), methods=["GET"]),
         Route("/metrics", bind(api.metrics), methods=["GET"]),

@@ -277,11 +277,19 @@ async def test_dot_survives_gateway_restart(
 
 
 @pytest.mark.parametrize(
-    ("provider", "user"),
-    [("Tencent IM", "alice"), ("RongCloud", "bob"), ("OpenIM", "carol")],
+    ("provider", "user", "offline"),
+    [
+        ("Tencent IM", "alice", "Logout"),
+        ("RongCloud", "bob", "Offline"),
+        ("OpenIM", "carol", "Offline"),
+        ("Easemob", "dave", "Logout"),
+        ("Easemob", "alice", "Replaced"),
+        ("NetEase", "erin", "Logout"),
+        ("WuKongIM", "frank", "Offline"),
+    ],
 )
 async def test_demo_panel_changes_presence(
-    page: Page, gateway: GatewayProcess, provider: str, user: str
+    page: Page, gateway: GatewayProcess, provider: str, user: str, offline: str
 ) -> None:
     """The demo panel posts a real provider webhook that the gateway accepts and the dot follows."""
     await page.goto(gateway.url("/"))
@@ -297,7 +305,7 @@ async def test_demo_panel_changes_presence(
     await expect(dot).to_have_attribute("status", "online", timeout=WAIT_MS)
     await expect(detail).to_have_text(re.compile(r"^Online on \S"))
 
-    await page.locator('#hook-actions button[data-presence="offline"]').first.click()
+    await page.locator('#hook-actions button[data-presence="offline"]', has_text=offline).click()
     await expect(page.locator("#log li")).to_have_count(2)
     await expect(page.locator("#log li").first).to_have_attribute("data-http-status", "200")
     await expect(dot).to_have_attribute("status", "offline", timeout=WAIT_MS)

@@ -1,5 +1,6 @@
 // Dev-mode demo page: a friends list with live presence, and a panel that posts real
-// provider-format webhooks (Tencent IM, RongCloud, OpenIM) to this gateway.
+// provider-format webhooks (Tencent IM, RongCloud, OpenIM, Easemob, NetEase, WuKongIM) to
+// this gateway.
 
 import { PresenceClient } from "./presence.js";
 import { describePresence, platformIcon, platformName, timeAgo, usePresence } from "./presence-dot.js";
@@ -12,6 +13,10 @@ const DEV = Object.freeze({
   tencent: Object.freeze({ sdkAppId: 1400000000 }), // no callback_token → no Sign
   rongcloud: Object.freeze({ appKey: "demo-app-key", appSecret: "demo-app-secret" }),
   openim: Object.freeze({ token: "" }), // empty → no token path segment
+  // Easemob, NetEase and WuKongIM requests are built and signed by the gateway's dev-only
+  // helper (POST /v1/apps/{app}/dev-webhook/{provider}, gateway/devtools.py) with the
+  // provider modules' own inverse: Easemob signs with MD5, which crypto.subtle lacks, and
+  // their dev secrets stay in one place (config.dev_settings).
 });
 // ------------------------------------------------------------------------------------------
 
@@ -82,6 +87,54 @@ const PROVIDERS = {
       { label: "Offline", presence: "offline", command: "callbackAfterUserOfflineCommand" },
     ],
     send: sendOpenIM,
+  },
+  easemob: {
+    label: "Easemob",
+    platforms: [
+      ["ios", "ios"],
+      ["android", "android"],
+      ["harmonyos", "harmonyos"],
+      ["web", "web"],
+      ["windows", "win"],
+      ["mac", "mac"],
+      ["linux", "linux"],
+    ],
+    actions: [
+      { label: "Login", presence: "online", status: "online" },
+      { label: "Logout", presence: "offline", status: "offline" },
+      { label: "Replaced", presence: "offline", status: "kicked" },
+    ],
+    send: sendEasemob,
+  },
+  netease: {
+    label: "NetEase",
+    platforms: [
+      ["ios", "IOS"],
+      ["android", "AOS (Android)"],
+      ["harmonyos", "HARMONY"],
+      ["web", "WEB"],
+      ["windows", "PC (Windows)"],
+      ["mac", "MAC"],
+      ["linux", "LINUX"],
+    ],
+    actions: [
+      { label: "Login", presence: "online", status: "online" },
+      { label: "Logout", presence: "offline", status: "offline" },
+    ],
+    send: sendNetEase,
+  },
+  wukongim: {
+    label: "WuKongIM",
+    platforms: [
+      ["mobile", "App (deviceFlag 0)"],
+      ["web", "Web (deviceFlag 1)"],
+      ["pc", "PC (deviceFlag 2)"],
+    ],
+    actions: [
+      { label: "Online", presence: "online", status: "online" },
+      { label: "Offline", presence: "offline", status: "offline" },
+    ],
+    send: sendWuKongIM,
   },
 };
 
@@ -353,6 +406,37 @@ function sendOpenIM(action, user, platformId) {
   };
   const token = DEV.openim.token ? `/${encodeURIComponent(DEV.openim.token)}` : "";
   return postJson(`/v1/apps/${DEV.app}/webhooks/openim${token}/${action.command}`, body, { operationID });
+}
+
+/** @param {any} action @param {string} user @param {string} platform */
+function sendEasemob(action, user, platform) {
+  return sendSignedByGateway("easemob", action, user, platform);
+}
+/** @param {any} action @param {string} user @param {string} platform */
+function sendNetEase(action, user, platform) {
+  return sendSignedByGateway("netease", action, user, platform);
+}
+/** @param {any} action @param {string} user @param {string} platform */
+function sendWuKongIM(action, user, platform) {
+  return sendSignedByGateway("wukongim", action, user, platform);
+}
+
+/**
+ * Easemob `userStatus`, NetEase login/logout copy or WuKongIM `user.onlinestatus` batch: the
+ * gateway's dev-only helper builds the provider's exact request (signed where the provider
+ * signs), and the page posts it to the webhook URL like the provider would.
+ * @param {string} provider @param {any} action @param {string} user @param {string} platform
+ */
+async function sendSignedByGateway(provider, action, user, platform) {
+  const helper = await postJson(`/v1/apps/${DEV.app}/dev-webhook/${provider}`, {
+    user,
+    platform,
+    status: action.status,
+  });
+  if (!helper.ok) throw new Error(`dev-webhook helper: HTTP ${helper.status} ${await helper.text()}`);
+  /** @type {{url: string, headers: Record<string, string>, body: string}} */
+  const signed = await helper.json();
+  return fetch(signed.url, { method: "POST", headers: signed.headers, body: signed.body });
 }
 
 /** @param {string} url @param {unknown} body @param {Record<string, string>} [headers] */

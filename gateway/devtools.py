@@ -1,0 +1,114 @@
+"""Dev-mode helper for the demo page: a provider webhook signed by the adapter's own inverse.
+
+``POST /v1/apps/{app}/dev-webhook/{provider}`` with ``{"user", "platform", "status"}``
+answers the request that provider would send (``{"url", "headers", "body"}``), built by
+its module's ``build_request``; the page then posts it to the real webhook route, where it
+is verified and applied like any other. Easemob signs with MD5, which ``crypto.subtle``
+lacks, and NetEase sends the MD5 of the body: signing here keeps one copy of each wire
+format (the provider modules) and needs no MD5 in the browser.
+
+Dev mode only (404 otherwise): the route signs with the app's secrets, which only dev mode's
+well-known ones may be. ``status`` ``kicked`` is Easemob's ``replaced`` (elsewhere an offline).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import quote, urlencode
+
+import msgspec
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from gateway.api import UserId, error, json_response
+from gateway.model import PLATFORMS, PresenceEvent
+from gateway.providers import easemob, netease, wukongim
+from gateway.providers.base import ProviderConfig, WebhookRejected, WebhookRequest, event
+from gateway.webhooks import BodyTooLarge, read_body
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+MAX_BODY = 4096
+
+
+class DevWebhook(msgspec.Struct, forbid_unknown_fields=True):
+    """What the demo page asks for: one device of ``user`` changing state."""
+
+    user: UserId
+    platform: str  # as the gateway shows it: "ios", "web", ...
+    status: Literal["online", "offline", "kicked"]
+
+
+class SignedWebhook(msgspec.Struct):
+    """The provider's request, ready to post: ``body`` is sent byte for byte (UTF-8)."""
+
+    url: str  # path and query string
+    headers: dict[str, str]
+    body: str
+
+
+def _easemob(table: ProviderConfig, ev: PresenceEvent, now: int) -> WebhookRequest:
+    assert isinstance(table, easemob.EasemobConfig)
+    os_name = easemob.OS_OF.get(ev.platform, ev.platform)
+    ev = msgspec.structs.replace(ev, device=f"{os_name}_demo-{ev.platform}")  # the resource
+    return easemob.build_request(table, ev, now_ms=now)
+
+
+def _netease(table: ProviderConfig, ev: PresenceEvent, now: int) -> WebhookRequest:
+    assert isinstance(table, netease.NetEaseConfig)
+    ev = msgspec.structs.replace(ev, device=f"demo-{ev.platform}")  # deviceId
+    return netease.build_request(table, ev, now_ms=now)
+
+
+def _wukongim(table: ProviderConfig, ev: PresenceEvent, now: int) -> WebhookRequest:
+    assert isinstance(table, wukongim.WuKongIMConfig)
+    flag = wukongim.FLAG_OF[ev.platform]
+    conn = 1000 + zlib.crc32(f"{ev.user}/{flag}".encode()) % 1_000_000  # one per user and flag
+    ev = msgspec.structs.replace(ev, device=f"{flag}:{conn}")
+    return wukongim.build_request(table, [ev], now_ms=now)
+
+
+Builder = Callable[[ProviderConfig, PresenceEvent, int], WebhookRequest]
+# provider -> (the platforms it can report, its request builder)
+BUILDERS: dict[str, tuple[frozenset[str], Builder]] = {
+    "easemob": (PLATFORMS - {"unknown"}, _easemob),
+    "netease": (frozenset(netease.CLIENT_TYPE_OF), _netease),
+    "wukongim": (frozenset(wukongim.FLAG_OF), _wukongim),
+}
+_decoder = msgspec.json.Decoder(DevWebhook)
+
+
+async def webhook(request: Request, gw: Gateway) -> Response:
+    """POST /v1/apps/{app}/dev-webhook/{provider}: the signed webhook, in dev mode only."""
+    app = gw.settings.apps.get(request.path_params["app"])
+    name = request.path_params["provider"]
+    table = app.providers().get(name) if app is not None and gw.settings.dev_mode else None
+    if table is None or name not in BUILDERS:
+        return error(404, "not found")
+    try:
+        asked = _decoder.decode(await read_body(request, MAX_BODY))
+    except BodyTooLarge:
+        return error(413, f"body over {MAX_BODY} bytes")
+    except ClientDisconnect:
+        return error(400, "client disconnected")
+    except msgspec.DecodeError as exc:  # ValidationError included
+        return error(400, f"malformed body: {str(exc)[:120]}")
+    platforms, build = BUILDERS[name]
+    if asked.platform not in platforms:
+        return error(400, f"platform must be one of {', '.join(sorted(platforms))}")
+    now = time.time_ns() // 1_000_000
+    online = asked.status == "online"
+    reason = {"online": "", "offline": "logout", "kicked": "kicked"}[asked.status]
+    try:
+        ev = event(asked.user, "-", asked.platform, online, now, reason)
+    except WebhookRejected as exc:
+        return error(400, exc.reason)
+    req = build(table, ev, now)
+    path = f"/v1/apps/{quote(request.path_params['app'], safe='')}/webhooks/{name}"
+    path += "".join("/" + quote(segment, safe="") for segment in req.path)
+    url = f"{path}?{urlencode(req.query)}" if req.query else path
+    return json_response(SignedWebhook(url, dict(req.headers), req.body.decode()))
