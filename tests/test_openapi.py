@@ -27,7 +27,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from starlette.routing import Route
 
+from gateway.app import create_app
 from gateway.config import APP_ID_PATTERN, Settings, dev_settings
 from gateway.openapi import document
 from tests.live import LiveGateway, serve
@@ -145,3 +147,21 @@ async def test_the_served_document_is_the_generated_one() -> None:
     assert presence["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/PresenceReply"
     }
+
+
+# Routes outside the document: the demo page, and the demo page's own helper (dev mode only).
+UNDOCUMENTED = {"/", "/v1/apps/{app}/dev-webhook/{provider}"}
+
+
+def test_every_http_route_is_in_the_document() -> None:
+    """Each route of the app (method and path) is an operation of the document, or listed."""
+    app = create_app(schema_settings()).app
+    paths = document()["paths"]
+    for route in app.routes:
+        if not isinstance(route, Route) or route.path in UNDOCUMENTED:
+            continue
+        path = route.path.replace(":path}", "}")
+        assert path in paths, path
+        for method in route.methods or ():
+            if method != "HEAD":
+                assert method.lower() in paths[path], (method, path)
