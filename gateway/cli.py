@@ -1,4 +1,4 @@
-"""``presence-gateway serve | check-config | simulate``."""
+"""``presence-gateway serve | check-config | token | simulate``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: $PORT, else 8000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (default 1; more than 1 needs Redis)",
+    )
+    token = sub.add_parser(
+        "token",
+        help="print a client token signed with an app's client_secret",
+        description="Print a client token (HS256 JWT) for trying things out.",
+    )
+    token.add_argument(
+        "--config", help="TOML config file (default: $PRESENCE_CONFIG, else dev mode's demo app)"
+    )
+    token.add_argument("--app", required=True, help="app id")
+    token.add_argument("--user", required=True, help="the user id the token is for (sub)")
+    token.add_argument("--watch", help="comma-separated users the token may watch (a,b)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (3600)")
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("file")
     sim = sub.add_parser(
@@ -144,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "token":
+        from gateway import tokencmd
+
+        return tokencmd.main(args)
     if args.command == "simulate":
         from gateway import simulate
 
