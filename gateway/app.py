@@ -27,6 +27,7 @@ from gateway.errors import StoreUnavailable
 from gateway.heap import HeapKeeper
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.outbound.service import Outbound
 from gateway.providers import PROVIDERS
 from gateway.providers.base import Provider
 from gateway.session import Session
@@ -49,6 +50,7 @@ class Gateway:
         self.broker: Broker
         self.store, self.broker = open_backend(settings)
         self.hub = Hub(self.store, self.broker, self.metrics)
+        self.outbound = Outbound(settings, self.store, self.metrics)  # webhooks out (SPEC 9)
         self.heap = HeapKeeper()
         self._sweeper: asyncio.Task[None] | None = None
         self.providers: dict[tuple[str, str], Provider] = {
@@ -66,12 +68,14 @@ class Gateway:
         self._sweeper = asyncio.create_task(self._sweep(grace), name="grace-sweeper")
 
     async def stop(self) -> None:
+        await self.outbound.start()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.broker.close()
         await self.hub.stop()
+        await self.outbound.stop()
         await self.store.close()
         await self.heap.stop()
         self.metrics.unwatch_gc()

@@ -15,6 +15,8 @@ import msgspec
 from gateway.backends.base import PresenceSettings
 from gateway.edge import is_loopback
 from gateway.errors import ConfigError
+from gateway.outbound.config import WebhookEndpoint
+from gateway.outbound.config import check as check_webhooks
 from gateway.providers import CONFIGS
 from gateway.providers.base import ProviderConfig, parse_networks
 from gateway.providers.easemob import EasemobConfig
@@ -68,6 +70,7 @@ class AppConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     easemob: EasemobConfig | None = None
     netease: NetEaseConfig | None = None
     wukongim: WuKongIMConfig | None = None
+    webhooks: list[WebhookEndpoint] = []  # presence webhooks out (SPEC 9)
 
     def providers(self) -> dict[str, ProviderConfig]:
         """The configured provider tables by provider name."""
@@ -152,6 +155,11 @@ def parse(text: str, source: str, env: Mapping[str, str] | None = None) -> Setti
             except ValueError as exc:
                 key, _, reason = str(exc).partition(": ")
                 raise ConfigError(f"apps[{i}].{name}.{key}", reason or "invalid", source) from None
+        try:
+            check_webhooks(app.webhooks)
+        except ValueError as exc:
+            key, _, reason = str(exc).partition(": ")
+            raise ConfigError(f"apps[{i}].webhooks{key}", reason or "invalid", source) from None
         apps[app.id] = app
     p = data.presence
     for key in (

@@ -61,6 +61,25 @@ class Metrics:
             buckets=_FAST,
             registry=r,
         )
+        self.webhooks_out = Counter(
+            "presence_webhooks_out",
+            "Outbound webhook messages by outcome (delivered, retried, failed, disabled, "
+            "skipped, dropped)",
+            ["app", "outcome"],
+            registry=r,
+        )
+        self.webhooks_out_depth = Gauge(
+            "presence_webhooks_out_queue",
+            "Outbound webhook messages waiting, per endpoint (its consumer group)",
+            ["app", "endpoint"],
+            registry=r,
+        )
+        self.webhooks_out_lag = Histogram(
+            "presence_webhooks_out_lag_seconds",
+            "From the state's publish to its webhook delivered",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0),
+            registry=r,
+        )
 
         self.gc_pause_seconds = Histogram(
             "presence_gc_pause_seconds",

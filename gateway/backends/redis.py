@@ -77,6 +77,7 @@ from redis.exceptions import (
 
 from gateway.backends.base import ApplyResult, MessageHandler, PresenceSettings, ResetHandler
 from gateway.backends.memory import clock_ms
+from gateway.backends.redis_coordination import RedisCoordination
 from gateway.backends.redis_wire import Wire, bulk, command, redact
 from gateway.errors import StoreUnavailable
 from gateway.model import (
@@ -86,6 +87,7 @@ from gateway.model import (
     UserState,
     state_decoder,
 )
+from gateway.outbound import keys as outbound_keys
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +311,7 @@ class _Queued(NamedTuple):
     future: asyncio.Future[list[list[Any]]]
 
 
-class RedisStore:
+class RedisStore(RedisCoordination):
     """The presence map in Redis (standalone or Cluster); see the module doc for the layout.
 
     Commands go over ``redis_wire`` lanes, not redis-py's pipelines: see that module's doc. The
@@ -351,6 +353,8 @@ class RedisStore:
         self._pass_slot = random.randrange(REDIS_CLUSTER_HASH_SLOTS)  # the full pass's cursor
         self._pass_at = monotonic()  # when the full pass last advanced
         self._hint_cache: tuple[list[str], dict[str, bytes]] | None = None
+        # webhooks out (gateway/outbound): app -> "<maxlen>,<types>,<groups>" for apply.lua
+        self.webhooks: dict[str, bytes] = {}
 
     @classmethod
     def from_url(
@@ -567,15 +571,20 @@ class RedisStore:
             keyparts: list[bytes] = [bulk(index)]
             argv: list[bytes] = [head]
             events = 0
+            streams: dict[str, bytes] = {}  # webhooks out: app -> its hook arg (apply.lua)
+            stream_keys: list[bytes] = []
             for i in idx:
-                now, _, user, evs = users[i]
+                now, tag, user, evs = users[i]
                 key, name = keys[i], _json.encode(user)
                 clock, count = b"%d" % now, b"%d" % len(evs)
                 chan = channel + key[skip:]
                 keyparts.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(chan), chan))
+                hook = b""
+                if self.webhooks:
+                    hook = self._hook_arg(tag, keys[i], len(idx), streams, stream_keys)
                 argv.append(
-                    b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-                    % (len(name), name, len(clock), clock, len(count), count)
+                    b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+                    % (len(name), name, len(clock), clock, len(hook), hook, len(count), count)
                 )
                 events += len(evs)
                 for ev in evs:
@@ -592,7 +601,9 @@ class RedisStore:
                             platform,
                         )
                     )
-            nargs = 4 + 2 * len(idx) + 8 + 3 * len(idx) + 4 * events
+            keyparts.extend(map(bulk, stream_keys))
+            nkeys = 1 + 2 * len(idx) + len(stream_keys)
+            nargs = 3 + nkeys + 8 + 4 * len(idx) + 4 * events
             calls.append(
                 (
                     node,

@@ -29,6 +29,9 @@
 --            g           while an offline waits out the grace: when the grace ends (ms)
 -- KEYS[2i+1]  user i's shard channel. Not a key: declared because it carries the same hash
 --            tag, so cluster routing and the script's slot check cover the SPUBLISH too.
+-- KEYS[2n+2..] after the n users' pairs, per app of the call with webhooks out (SPEC 9): its
+--            stream in the call's slot (gateway/outbound/keys.py) and the set of the
+--            consumer groups made on that stream.
 -- ARGV[1]  mode: "apply" (merge the events) or "sweep" (publish the offline if the grace ended)
 -- ARGV[2]  max_event_age_ms: events older than now - max_event_age_ms are ignored
 -- ARGV[3]  session_retention_ms: offline records older than now - retention are pruned
@@ -40,7 +43,10 @@
 -- ARGV[8]  max_devices_per_user: the most device records a user keeps (model.evict)
 -- ARGV[9..] per user, in KEYS order: the user id as a JSON string literal (encoded by the
 --           caller, byte-equal to msgspec); now_ms, the caller's clock for this user (a call
---           may carry users of several webhooks); n, its number of events (0 to sweep); then
+--           may carry users of several webhooks); hook: "" (no webhooks out) or
+--           "<k>,<maxlen>,<types>,<group>;<group>...": KEYS[k] the app's stream, KEYS[k+1]
+--           its group set, types the letters of the wanted types (n online, f offline,
+--           u updated); n, its number of events (0 to sweep); then
 --           its n events, 4 values each, in arrival order: device, time, online (1|0), platform
 --
 -- Returns 4 values per user, in KEYS order: applied, ignored, state, grace_end. state is the
@@ -49,6 +55,7 @@
 
 local mode = ARGV[1]
 local now -- per user: see the loop at the end
+local hook -- per user: its app's webhooks out, see enqueue
 local max_age = tonumber(ARGV[2])
 local retention = tonumber(ARGV[3])
 local last_seen_retention = tonumber(ARGV[4])
@@ -495,6 +502,46 @@ local function next_state(old, user_json, head, platforms)
   return state, { "s", state, "v", v, "p", platforms }
 end
 
+-- Webhooks out: queue the state just published, in the same atomic step (SPEC 9). A status
+-- change is user.online / user.offline, any other change user.updated; only types some
+-- endpoint of the app wants are queued. Groups an endpoint needs are made at "$" just before
+-- the XADD, so a new endpoint gets every change queued since a node knew it.
+local function enqueue(was, platforms, state)
+  if hook == "" then
+    return
+  end
+  local k, maxlen, types, groups = string.match(hook, "^(%d+),(%d+),(%a*),(.*)$")
+  local kind, letter = "user.updated", "u"
+  if (was == "") ~= (platforms == "") then
+    if platforms == "" then
+      kind, letter = "user.offline", "f"
+    else
+      kind, letter = "user.online", "n"
+    end
+  end
+  if k == nil or not string.find(types, letter, 1, true) then
+    return
+  end
+  local stream, known = KEYS[tonumber(k)], KEYS[tonumber(k) + 1]
+  if redis.call("EXISTS", stream) == 0 then
+    redis.call("DEL", known)
+  end
+  local names = {}
+  for name in string.gmatch(groups, "[^;]+") do
+    names[#names + 1] = name
+  end
+  if #names > 0 then
+    local have = redis.call("SMISMEMBER", known, unpack(names))
+    for i, name in ipairs(names) do
+      if have[i] == 0 then
+        redis.pcall("XGROUP", "CREATE", stream, name, "$", "MKSTREAM")
+        redis.call("SADD", known, name)
+      end
+    end
+  end
+  redis.call("XADD", stream, "MAXLEN", "~", maxlen, "*", "t", kind, "s", state, "at", fmt(now))
+end
+
 -- Write the fields in ``fields`` (name, value, name, value...): one HSET, or a few for many.
 local function hset(key, fields)
   for i = 1, #fields, 256 do
@@ -520,6 +567,7 @@ local function sweep(key, channel, user_json, tag)
   if state then
     hset(key, fields)
     redis.call("SPUBLISH", channel, state)
+    enqueue(old.p, platforms, state)
   end
   return 0, 0, state, false
 end
@@ -646,12 +694,15 @@ local function apply(key, channel, user_json, first, last, tag)
   return applied, ignored, state, grace_end
 end
 
+    enqueue(old.p, platforms, state)
 local out, o = {}, 0
 local a = 9
-for k = 2, #KEYS, 2 do
-  local user_json, n = ARGV[a], tonumber(ARGV[a + 2])
+local k = 2
+while a <= #ARGV do
+  local user_json, n = ARGV[a], tonumber(ARGV[a + 3])
   now = tonumber(ARGV[a + 1])
-  local first = a + 3
+  hook = ARGV[a + 2]
+  local first = a + 4
   local last = first + 4 * n - 1
   local tag = string.match(KEYS[k], "{(.*)}$") -- the grace index member
   local applied, ignored, state, grace_end
@@ -665,3 +716,4 @@ for k = 2, #KEYS, 2 do
   a = last + 1
 end
 return out
+  k = k + 2
