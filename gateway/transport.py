@@ -40,6 +40,7 @@ from gateway.protocol import MAX_MESSAGE
 
 EXTENSION = "presence.raw"
 SEND_BUFFER = 128 * 1024  # the kernel doubles it
+PING_HIGH_WATER = 256 * 1024  # pong bytes unsent to a client before it is closed with 4008
 MAX_HEAD = 64 * 1024  # request line and headers
 BODY_GRACE_S = 1.0  # the app answers a late body itself (408 in the provider's shape) first
 LINGER_S = 2.0  # an answered, ending connection may read our answer this long before a cut
@@ -113,6 +114,9 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
             self.slot.release()
             self.slot = None
         super().connection_lost(exc)
+        # uvicorn cancels its keep-alive timer only on a clean close: after a reset the timer
+        # and this protocol hold each other, a cycle a frozen heap never frees (test_heap.py)
+        self._unset_keepalive_if_required()
 
     def _refuse(self) -> None:
         """Answer 503 before parsing anything."""
@@ -364,6 +368,20 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
             return False  # nothing may follow the close frame
         self.transport.write(data)
         return True
+
+    def handle_ping(self) -> None:
+        """Answer a WebSocket ping, unless the client is not reading what it is sent.
+
+        uvicorn writes every pong straight into the socket's buffer and keeps reading: a
+        client that pings and never reads would grow that buffer without limit. Past the
+        same bound a session applies to everything it queues, it is closed with 4008 (what
+        is buffered then is at most the bound plus the pongs of one read).
+        """
+        if self.buffered() > PING_HIGH_WATER:
+            self.conn.data_to_send()  # drop the pong websockets prepared
+            self.close_now(4008, "client too slow")
+            return
+        super().handle_ping()
 
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel."""

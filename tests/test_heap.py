@@ -67,14 +67,9 @@ UVICORN_LEAK = pytest.mark.xfail(
     "after a reset the timer and the protocol hold each other (the gateway's own protocol, "
     "gateway.transport.EdgeHTTPProtocol, cancels it)",
 )
-EDGE_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="until EdgeHTTPProtocol.connection_lost cancels uvicorn's keep-alive timer too "
-    "(self._unset_keepalive_if_required() after super().connection_lost(exc)); then drop this",
-)
 HTTP_PROTOCOLS = [
     # the gateway's own (cli.uvicorn_options)
-    pytest.param({}, id="edge-httptools", marks=EDGE_PENDING),
+    pytest.param({}, id="edge-httptools"),
     pytest.param({"http": "httptools"}, id="httptools", marks=UVICORN_LEAK),
     pytest.param({"http": "h11"}, id="h11", marks=UVICORN_LEAK),
 ]
