@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -75,7 +76,7 @@ async def rongcloud(
     client: httpx.AsyncClient, app: str, events: list[dict[str, Any]]
 ) -> httpx.Response:
     """POST one signed RongCloud batch."""
-    nonce, ts = "4711", str(now_ms())
+    nonce, ts = secrets.token_hex(8), str(now_ms())  # a fresh nonce: a reused one is a replay
     sig = hashlib.sha1(("rs" + nonce + ts).encode()).hexdigest()
     params = {"appKey": "rk", "nonce": nonce, "timestamp": ts, "signature": sig}
     return await client.post(f"/v1/apps/{app}/webhooks/rongcloud", params=params, json=events)
@@ -190,7 +191,7 @@ async def test_routing_errors(live: tuple[LiveGateway, Settings]) -> None:
     app = app_of(settings)
     async with httpx.AsyncClient(base_url=gw.url) as client:
         assert (await client.post("/v1/apps/nope/webhooks/tencent", json={})).status_code == 404
-        assert (await client.post(f"/v1/apps/{app.id}/webhooks/easemob")).status_code == 404
+        assert (await client.post(f"/v1/apps/{app.id}/webhooks/zego")).status_code == 404
         big = b"[" + b"0," * (600 * 1024) + b"0]"
         r = await client.post(f"/v1/apps/{app.id}/webhooks/rongcloud", content=big)
         assert r.status_code == 413

@@ -19,6 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 import gateway.session
+import gateway.transport
 from gateway.backends.base import PresenceSettings
 from gateway.backends.memory import MemoryBroker, MemoryStore
 from gateway.hub import Hub
@@ -297,5 +298,32 @@ async def test_resyncs_queued_behind_a_full_socket_are_bounded(
                 break
             assert queued_now(session) <= 2 * gateway.session.HIGH_WATER + resync_size + 100
         assert session.closed and hub.slow_closes == 1
+        client.resume_reading()
+        assert (await client.closed_with(wait=10))[0] == 4008
+
+
+async def test_websocket_pings_never_read_close_the_client_4008() -> None:
+    """Protocol-level pings from a client that never reads its pongs end in 4008, not a heap."""
+    async with gateway_with() as live:
+        hub = hub_of(live)
+        client = await Client.open(live.gw.ws_url, live.app.id, rcvbuf=4096)
+        live.clients.append(client)
+        assert (await client.hello(live.token("pinger")))["type"] == "welcome"
+        session = session_of(hub, "pinger")
+        squeeze_send_buffer(session)
+        sink = session.sink
+        assert sink is not None
+        client.pause_reading()
+        # websockets answers every ping of one read at once: the bound, plus at most one
+        # read's worth of pongs (asyncio reads up to 256 KiB)
+        BOUND = 2 * gateway.transport.PING_HIGH_WATER + 4096
+        pad = b"p" * 117  # 125 bytes a ping, the largest control frame: each pong echoes it
+        with contextlib.suppress(ConnectionClosed):
+            for i in range(8 * gateway.transport.PING_HIGH_WATER // 125):
+                if sink.buffered() > BOUND:
+                    break  # the bound was not kept: fail below rather than grow further
+                await client.ws.ping(b"%08d%b" % (i, pad))
+        await eventually(lambda: session.closed, 15, "the pinging client to be closed")
+        assert sink.buffered() <= BOUND
         client.resume_reading()
         assert (await client.closed_with(wait=10))[0] == 4008
