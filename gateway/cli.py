@@ -49,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         "simulate",
         help="send realistic signed provider webhooks to a running gateway",
         description="Send correctly signed webhooks (Tencent IM, RongCloud, OpenIM, Standard "
-        "Webhooks) for N users to a running gateway: multi-device users, reconnect flaps, "
-        "kicks, late and repeated deliveries. Without flags it drives a dev-mode gateway.",
+        "Webhooks, Easemob, NetEase Yunxin, WuKongIM) for N users to a running gateway: "
+        "multi-device users, reconnect flaps, kicks, late and repeated deliveries. Without "
+        "flags it drives a dev-mode gateway.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sim.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's base URL")
@@ -71,7 +72,10 @@ def _parser() -> argparse.ArgumentParser:
         help="whose webhooks to send (mixed: users spread over all seven)",
     )
     sim.add_argument(
-        "--users", type=int, default=6, help="alice, bob, carol, dave, erin, frank, user7, ..."
+        "--users",
+        type=int,
+        default=7,
+        help="alice, bob, carol, dave, erin, frank, user7, ... (mixed: spread over the providers)",
     )
     sim.add_argument("--rate", type=float, default=2.0, help="webhooks per second")
     sim.add_argument("--duration", type=float, default=None, help="seconds (0 or none: forever)")
@@ -154,6 +158,10 @@ def check_config(args: argparse.Namespace) -> int:
         if settings.redis and settings.redis.cluster
         else ("redis" if settings.redis else "memory")
     )
+    from gateway.startup import startup_warnings
+
+    for line in startup_warnings(settings):
+        print(f"warning: {line}", file=sys.stderr)
     print(f"{args.file}: ok ({len(settings.apps)} app(s), backend {backend})")
     return 0
 

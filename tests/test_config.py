@@ -122,6 +122,9 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     good = tmp_path / "good.toml"
     good.write_text(GOOD)
     assert main(["check-config", str(good)]) == 0
+    out = capsys.readouterr()
+    assert "ok" in out.out and "warning: " in out.err  # GOOD's short api_key is warned about
+    assert '"ak"' not in out.err and "= ak" not in out.err  # never a secret's value
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace("max_watch", "x").replace('api_key = "ak"', "api_key = 1"))
     assert main(["check-config", str(bad)]) == 2
