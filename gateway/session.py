@@ -214,25 +214,29 @@ class Session:
         raw = scope.get("extensions", {}).get(EXTENSION)
         self.sink = sink = RawSink(raw) if raw is not None else AsgiSink(send)
         try:
-            if origin is not None and not self._origin_allowed(origin):
+            if origin is not None and not self.origin_allowed(origin):
                 self.close(4003, "origin not allowed")
                 return
             if await self._authenticate():
                 self.hub.sessions.add(self)
                 await self._serve()
         finally:
-            self.closed = True
-            self.hub.sessions.discard(self)
-            if self._admitted and self.claims is not None:
-                self._admitted = False
-                self.hub.release(self.app.id, self.claims.sub)
-            self.hub.unwatch(self, self.app.id, list(self.watching))
-            if self._expiry is not None:
-                self._expiry.cancel()
+            self.finish()
             if isinstance(sink, AsgiSink):
                 await sink.stop()
 
-    def _origin_allowed(self, origin: str) -> bool:
+    def finish(self) -> None:
+        """Leave the hub: uncount the connection, unwatch everything (once it is over)."""
+        self.closed = True
+        self.hub.sessions.discard(self)
+        if self._admitted and self.claims is not None:
+            self._admitted = False
+            self.hub.release(self.app.id, self.claims.sub)
+        self.hub.unwatch(self, self.app.id, list(self.watching))
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+    def origin_allowed(self, origin: str) -> bool:
         allowed = self.app.allowed_origins
         return "*" in allowed or origin in allowed
 
@@ -253,19 +257,27 @@ class Session:
             self.close(4001, "the first message must be hello")
             return False
         try:
-            self.claims = claims = tokens.verify(hello.token, self.app.client_secret, self.app.id)
+            claims = tokens.verify(hello.token, self.app.client_secret, self.app.id)
         except tokens.TokenError as exc:
             self.close(4001, str(exc))
             return False
+        if not self.admit(claims):
+            self.close(4009, "too many connections for this user")
+            return False
+        self.send(Welcome(user=claims.sub, max_watch=self.app.max_watch, heartbeat_ms=HEARTBEAT_MS))
+        return True
+
+    def admit(self, claims: tokens.Claims) -> bool:
+        """Count the connection of a verified user (False, counted as refused, over the cap)
+        and close it when its token expires."""
+        self.claims = claims
         if not self.hub.admit(self.app.id, claims.sub, self.app.max_connections_per_user):
             self.hub.refused += 1
-            self.close(4009, "too many connections for this user")
             return False
         self._admitted = True
         loop = asyncio.get_running_loop()
         left = max(0.0, claims.deadline() - time.time())
         self._expiry = loop.call_at(loop.time() + left, self.close, 4001, "token expired")
-        self.send(Welcome(user=claims.sub, max_watch=self.app.max_watch, heartbeat_ms=HEARTBEAT_MS))
         return True
 
     async def _receive(self) -> str | bytes | None:
@@ -372,24 +384,44 @@ class Session:
     # requests
 
     async def _watch(self, req: Watch) -> None:
-        app = self.app
         users = list(dict.fromkeys(req.users))
-        new = [u for u in users if u not in self.watching]
+        refusal = self.refusal(users)
+        if refusal is not None:
+            self.send(Error(id=req.id, code=refusal[0], message=refusal[1]))
+            return
+        await self._pace_reads(sum(u not in self.watching for u in users))
+        if self.closed:
+            return
+        try:
+            presence = await self.add(users)
+        except StoreUnavailable:
+            self.send(Error(id=req.id, code="unavailable", message="store unavailable, retry"))
+            return
+        if presence is not None:
+            self.send(Snapshot(id=req.id, presence=presence))
+
+    def refusal(self, users: list[str]) -> tuple[str, str] | None:
+        """Why watching ``users`` (distinct) is refused, as ``(code, message)``; None if not."""
+        app = self.app
         assert self.claims is not None
         if app.watch_policy == "token":
             allowed = self.claims.watch or frozenset()
             refused = [u for u in users if u not in allowed]
             if refused:
-                message = f"not allowed to watch {len(refused)} of these users"
-                self.send(Error(id=req.id, code="forbidden", message=message))
-                return
-        if len(self.watching) + len(new) > app.max_watch:
-            message = f"at most {app.max_watch} watched users per connection"
-            self.send(Error(id=req.id, code="limit", message=message))
-            return
-        await self._pace_reads(len(new))
-        if self.closed:
-            return
+                return "forbidden", f"not allowed to watch {len(refused)} of these users"
+        if len(self.watching) + sum(u not in self.watching for u in users) > app.max_watch:
+            return "limit", f"at most {app.max_watch} watched users per connection"
+        return None
+
+    async def add(self, users: list[str]) -> list[UserState | msgspec.Raw] | None:
+        """Watch ``users`` (distinct, allowed) and return their snapshot: the live feed of
+        each is on before it is read, and what arrives meanwhile follows the snapshot.
+
+        None once the session is closed; StoreUnavailable (nothing added) when the store
+        or the broker fails.
+        """
+        app = self.app
+        new = [u for u in users if u not in self.watching]
         for user in new:
             self.watching[user] = PENDING
         try:
@@ -403,10 +435,9 @@ class Session:
                 if self.held is not None:
                     self.held.pop(user, None)
             self.hub.unwatch(self, app.id, new)
-            self.send(Error(id=req.id, code="unavailable", message="store unavailable, retry"))
-            return
+            raise
         if self.closed:
-            return
+            return None
         self.hub.note_read(app.id, states)
         fresh = {st.user: st for st in states if self._settle(st)}
         presence: list[UserState | msgspec.Raw] = []
@@ -416,7 +447,7 @@ class Session:
                 presence.append(state)
             elif (known := self._known(user)) is not None:
                 presence.append(known)
-        self.send(Snapshot(id=req.id, presence=presence))
+        return presence
 
     def _known(self, user: str) -> UserState | msgspec.Raw | None:
         """The hub's newest state of a user this session already watches, as its baseline.
