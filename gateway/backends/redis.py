@@ -77,7 +77,6 @@ from redis.exceptions import (
 
 from gateway.backends.base import ApplyResult, MessageHandler, PresenceSettings, ResetHandler
 from gateway.backends.memory import clock_ms
-from gateway.backends.redis_coordination import RedisCoordination
 from gateway.backends.redis_wire import Wire, bulk, command, redact
 from gateway.errors import StoreUnavailable
 from gateway.model import (
@@ -311,7 +310,7 @@ class _Queued(NamedTuple):
     future: asyncio.Future[list[list[Any]]]
 
 
-class RedisStore(RedisCoordination):
+class RedisStore:
     """The presence map in Redis (standalone or Cluster); see the module doc for the layout.
 
     Commands go over ``redis_wire`` lanes, not redis-py's pipelines: see that module's doc. The
@@ -611,7 +610,7 @@ class RedisStore(RedisCoordination):
                     % (
                         nargs,
                         APPLY.head,
-                        bulk(b"%d" % (1 + 2 * len(idx))),
+                        bulk(b"%d" % nkeys),
                         b"".join(keyparts),
                         b"".join(argv),
                     ),
@@ -623,6 +622,25 @@ class RedisStore(RedisCoordination):
             for j, i in enumerate(idx):
                 out[i] = flat[4 * j : 4 * j + 4]
         return out
+
+    def _hook_arg(
+        self, tag: str, key: bytes, users: int, streams: dict[str, bytes], stream_keys: list[bytes]
+    ) -> bytes:
+        """apply.lua's hook arg of the user ``tag`` (its app's stream keys added once a call)."""
+        app = tag.partition("/")[0]
+        spec = self.webhooks.get(app)
+        if spec is None:
+            return b""
+        arg = streams.get(app)
+        if arg is None:
+            slot = slot_tag(key_slot(key)) if self._cluster else None
+            stream_keys += [
+                outbound_keys.stream_key(self.prefix, app, slot),
+                outbound_keys.groups_key(self.prefix, app, slot),
+            ]
+            k = 2 + 2 * users + len(stream_keys) - 2  # KEYS index (1-based) of the stream
+            arg = streams[app] = b"%d,%b" % (k, spec)
+        return arg
 
     async def _sweep_indexes(
         self, now: int, indexes: Sequence[tuple[str, bytes]], *, legacy: bool = False
