@@ -66,16 +66,16 @@ class Gateway:
         await self.broker.start()
         grace = self.settings.presence.offline_grace_ms
         self._sweeper = asyncio.create_task(self._sweep(grace), name="grace-sweeper")
+        await self.outbound.start()
 
     async def stop(self) -> None:
-        await self.outbound.start()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.outbound.stop()
         await self.broker.close()
         await self.hub.stop()
-        await self.outbound.stop()
         await self.store.close()
         await self.heap.stop()
         self.metrics.unwatch_gc()

@@ -36,9 +36,9 @@ from gateway.model import (
     state_encoder,
     trim,
 )
-
 from gateway.outbound.memory import MemoryOutbox
 from gateway.outbound.message import kind_of
+
 
 def clock_ms() -> int:
     """Wall-clock time in ms since the epoch."""
@@ -103,8 +103,8 @@ class MemoryStore:
         self._users: dict[tuple[str, str], _User] = {}
         self._due: list[tuple[int, str, str]] = []  # heap of (grace end, app, user)
         self._expiry: list[tuple[int, str, str]] = []  # heap of (expires, app, user), see _forget
-
         self.outbox: MemoryOutbox | None = None  # webhooks out: set by the gateway
+
     async def apply(
         self, app: str, events: Sequence[PresenceEvent], now_ms: int | None = None
     ) -> ApplyResult:
@@ -161,11 +161,11 @@ class MemoryStore:
                 entry.grace_until = None
                 if _platforms(fresh) == _platforms(entry.state):
                     continue  # back on the same platforms within the grace: nothing to show
-            if self._publish(entry, fresh, now):
             was_online = entry.state.status == "online"
+            if self._publish(entry, fresh, now):
                 result.published.append(entry.state)
-        for entry in touched.values():
                 self._enqueue(app, was_online, entry.state, now)
+        for entry in touched.values():
             self._expire_later(app, entry, now)
         self._forget(now, FORGET_PER_APPLY)
         for state in result.published:
@@ -221,13 +221,13 @@ class MemoryStore:
         entry.state = UserState(fresh.user, fresh.status, fresh.since, fresh.devices, v)
         return True
 
-    async def sweep(self, now_ms: int | None = None) -> int:
     def _enqueue(self, app: str, was_online: bool, state: UserState, now: int) -> None:
         """Queue the outbound webhook of a state just published (same step, see outbound)."""
         if self.outbox is not None and self.outbox.wants(app):
             kind = kind_of(was_online, state.status == "online")
             self.outbox.enqueue(app, kind, state_encoder.encode(state), now)
 
+    async def sweep(self, now_ms: int | None = None) -> int:
         now = clock_ms() if now_ms is None else now_ms
         self._forget(now, FORGET_PER_SWEEP)
         published = 0
@@ -240,10 +240,10 @@ class MemoryStore:
             fresh = aggregate(
                 user, entry.records.values(), 0, self.settings.offline_grace_ms, entry.anchors
             )
-            if self._publish(entry, fresh, now):
             was_online = entry.state.status == "online"
-                published += 1
+            if self._publish(entry, fresh, now):
                 self._enqueue(app, was_online, entry.state, now)
+                published += 1
                 await self.broker.publish(app, user, state_encoder.encode(entry.state))
         return published
 

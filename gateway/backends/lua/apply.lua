@@ -690,11 +690,11 @@ local function apply(key, channel, user_json, first, last, tag)
   end
   if state then
     redis.call("SPUBLISH", channel, state)
+    enqueue(old.p, platforms, state)
   end
   return applied, ignored, state, grace_end
 end
 
-    enqueue(old.p, platforms, state)
 local out, o = {}, 0
 local a = 9
 local k = 2
@@ -714,6 +714,6 @@ while a <= #ARGV do
   out[o + 1], out[o + 2], out[o + 3], out[o + 4] = applied, ignored, state, grace_end
   o = o + 4
   a = last + 1
+  k = k + 2
 end
 return out
-  k = k + 2
