@@ -4,13 +4,14 @@
 //   import { usePresence } from "/web/presence-dot.js";
 //   usePresence(new PresenceClient({ url: "/v1/apps/demo/ws", token: fetchToken }));
 //
-//   <presence-dot user="bob" name="Bob" show-platform></presence-dot>
+//   <presence-dot user="bob" name="Bob" show-platform show-custom></presence-dot>
 //
 // Every dot on the page shares the one client given to usePresence(); dots added before or
 // after that call both work. Until then (or without a state yet) a dot's status is "unknown".
 //
 // Styling: --presence-dot-size, --presence-dot-online, --presence-dot-offline,
-// --presence-dot-unknown, and ::part(dot), ::part(platform).
+// --presence-dot-unknown, and ::part(dot), ::part(platform), ::part(custom) (the custom status
+// text, shown with the `show-custom` attribute; it is in the accessible label either way).
 
 /** How often "last seen …" labels are refreshed (one timer for all dots). */
 const REFRESH_MS = 30_000;
@@ -136,7 +137,8 @@ export function timeAgo(since, now = Date.now()) {
 
 /**
  * The accessible label of a dot: "bob is online", "bob was last seen 5 minutes ago",
- * "bob was never seen", "bob's status is unknown".
+ * "bob was never seen", "bob's status is unknown"; with a custom status, it follows a colon:
+ * "Bob is online: In a meeting".
  * @param {string} name display name
  * @param {PresenceState | undefined} state
  * @param {number} [now]
@@ -144,9 +146,21 @@ export function timeAgo(since, now = Date.now()) {
  */
 export function describePresence(name, state, now = Date.now()) {
   if (!state) return `${name}'s status is unknown`;
-  if (state.status === "online") return `${name} is online`;
-  if (state.since == null) return `${name} was never seen`;
-  return `${name} was last seen ${timeAgo(state.since, now)}`;
+  const custom = customOf(state);
+  const suffix = custom ? `: ${custom}` : "";
+  if (state.status === "online") return `${name} is online${suffix}`;
+  if (state.since == null) return `${name} was never seen${suffix}`;
+  return `${name} was last seen ${timeAgo(state.since, now)}${suffix}`;
+}
+
+/**
+ * The custom status text of a state, or null (also for states from older servers without it).
+ * @param {PresenceState | undefined} state
+ * @returns {string | null}
+ */
+export function customOf(state) {
+  const custom = /** @type {{custom?: unknown} | undefined} */ (state)?.custom;
+  return typeof custom === "string" && custom !== "" ? custom : null;
 }
 
 const SVG_OPEN =
@@ -255,6 +269,15 @@ if (template) {
     color: var(--presence-dot-online, #16a34a);
   }
   .platform[hidden] { display: none; }
+  .custom {
+    font-size: 0.875em;
+    color: var(--presence-dot-custom, inherit);
+    max-inline-size: var(--presence-dot-custom-max, 16em);
+    overflow: hidden;
+    text-overflow: ellipsis;
+    white-space: nowrap;
+  }
+  .custom[hidden] { display: none; }
   @media (prefers-reduced-motion: reduce) { .dot { transition: none; } }
   @media (forced-colors: active) {
     :host([status="online"]) .dot { background: CanvasText; }
@@ -262,19 +285,19 @@ if (template) {
     .dot { background: GrayText; }
   }
 </style>
-<span class="dot" part="dot"></span><span class="platform" part="platform" hidden></span>`;
+<span class="dot" part="dot"></span><span class="platform" part="platform" hidden></span><span class="custom" part="custom" hidden></span>`;
 }
 
 const Base = /** @type {typeof HTMLElement} */ (globalThis.HTMLElement ?? class {});
 
 /**
- * `<presence-dot user="bob" [name="Bob"] [show-platform]>`: reflects `status` ("online",
- * "offline", "unknown") on itself and keeps `role="img"` and `aria-label` current.
+ * `<presence-dot user="bob" [name="Bob"] [show-platform] [show-custom]>`: reflects `status`
+ * ("online", "offline", "unknown") on itself and keeps `role="img"` and `aria-label` current.
  */
 export class PresenceDot extends Base {
   /** @returns {string[]} */
   static get observedAttributes() {
-    return ["user", "name", "show-platform"];
+    return ["user", "name", "show-platform", "show-custom"];
   }
 
   /** @type {string | null} user currently acquired from the shared client */
@@ -283,6 +306,8 @@ export class PresenceDot extends Base {
   #dot;
   /** @type {HTMLElement} */
   #platform;
+  /** @type {HTMLElement} */
+  #custom;
   #icons = "";
 
   constructor() {
@@ -291,6 +316,7 @@ export class PresenceDot extends Base {
     root.append(/** @type {HTMLTemplateElement} */ (template).content.cloneNode(true));
     this.#dot = /** @type {HTMLElement} */ (root.querySelector(".dot"));
     this.#platform = /** @type {HTMLElement} */ (root.querySelector(".platform"));
+    this.#custom = /** @type {HTMLElement} */ (root.querySelector(".custom"));
   }
 
   /**
@@ -356,6 +382,10 @@ export class PresenceDot extends Base {
       this.#icons = icons;
       this.#platform.innerHTML = icons;
     }
+    // Text, never markup: the custom status is whatever the user typed.
+    const custom = this.hasAttribute("show-custom") ? customOf(state) : null;
+    this.#custom.hidden = custom === null;
+    if (this.#custom.textContent !== (custom ?? "")) this.#custom.textContent = custom ?? "";
   }
 
   /** @param {string | null} user */
