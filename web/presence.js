@@ -95,7 +95,8 @@ export class PresenceClient extends EventTarget {
    *   streams in a row failed to open, so a cached token must not be reused.
    * @param {"auto" | "websocket" | "sse"} [options.transport] `"auto"` (default): WebSocket
    *   first, SSE after two WebSocket attempts in a row that never open, WebSocket again on a
-   *   reconnect after an SSE stream that stayed up.
+   *   reconnect after an SSE stream that stayed up or failed to open (then SSE again if that
+   *   WebSocket attempt does not open either).
    * @param {{initialMs?: number, maxMs?: number, resetAfterMs?: number}} [options.backoff]
    *   Reconnect delay: full jitter over `min(maxMs, initialMs * 2^attempt)`. The attempt count
    *   resets once a connection stayed open for `resetAfterMs`.
@@ -353,6 +354,9 @@ export class PresenceClient extends EventTarget {
       if (this.#mode === "auto" && info.stayedUp) this.#probeWs = true;
       return;
     }
+    // In "auto" mode the server may just be down (or have no SSE endpoint): try the WebSocket
+    // again next, so an outage that made two WebSocket attempts fail does not pin us to SSE.
+    if (this.#mode === "auto") this.#probeWs = true;
     // EventSource cannot read a 401/403/400: after a few streams in a row that never opened,
     // the token may be what is wrong.
     this.#sseFailures += 1;

@@ -291,6 +291,27 @@ test("auto: when the WebSocket probe after SSE fails, the next attempt is SSE ag
   assert.equal(WS.instances.length, 3);
 });
 
+test("auto: when the SSE stream fails to open too, the next attempt is WebSocket again", async (t) => {
+  const tick = useClock(t);
+  const WS = fakeWebSocket();
+  const ES = fakeEventSource();
+  const client = new PresenceClient({ url: URL_WS, token: "tok", WebSocket: WS, EventSource: ES });
+  t.after(() => client.close());
+  client.watch("bob", () => {});
+  await settle();
+  WS.last.failToOpen();
+  await tick(500);
+  WS.last.failToOpen();
+  await tick(1000);
+  ES.last.fail(); // the whole server is down, or has no SSE endpoint
+  await tick(2000);
+  assert.equal(WS.instances.length, 3);
+  assert.equal(ES.instances.length, 1);
+  WS.last.accept();
+  assert.equal(client.status, "open");
+  assert.equal(client.transport, "websocket");
+});
+
 test("websocket-only clients never open an EventSource", async (t) => {
   const tick = useClock(t);
   const WS = fakeWebSocket();
