@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import api, devtools, openapi, webhooks
+from gateway import api, devtools, openapi, sse, webhooks
 from gateway.backends import open_backend
 from gateway.backends.base import Broker, PresenceStore
 from gateway.config import Settings
@@ -175,6 +175,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         Route(hook, webhook, methods=["POST"]),
         Route(hook + "/{rest:path}", webhook, methods=["POST"]),
         Route("/v1/apps/{app}/presence", bind(api.presence), methods=["GET"]),
+        Route("/v1/apps/{app}/sse", sse.Endpoint(settings.apps, gw.hub), methods=sse.METHODS),
         Route("/v1/apps/{app}/dev-token", bind(api.dev_token), methods=["GET"]),
         Route("/v1/apps/{app}/dev-webhook/{provider}", bind(devtools.webhook), methods=["POST"]),
         Route("/healthz", bind(api.healthz), methods=["GET"]),

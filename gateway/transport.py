@@ -16,6 +16,12 @@ connection over the limits of ``[server]`` gets a 503 before a byte is parsed; h
 a body) that do not arrive within ``request_timeout_s`` get a 408 and the connection closed;
 over-long headers a 431. Both protocols log through ``gateway.edge`` rules: never the client
 address, never a query string.
+
+It also hands every request the ASGI extension ``presence.stream`` (itself), for a response
+that stays open (``gateway.sse``): once the app has started a chunked response, ``stream_write``
+writes one chunk synchronously, ``buffered`` is what the kernel has not taken, ``stream_end``
+finishes it (or cuts a client that does not read), and a graceful shutdown ends the stream
+through the callback given to ``stream_open`` instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.config import Config
@@ -39,6 +46,7 @@ from gateway.edge import Edge, Slot, quiet_log, redact_path
 from gateway.protocol import MAX_MESSAGE
 
 EXTENSION = "presence.raw"
+STREAM = "presence.stream"
 SEND_BUFFER = 128 * 1024  # the kernel doubles it
 PING_HIGH_WATER = 256 * 1024  # pong bytes unsent to a client before it is closed with 4008
 MAX_HEAD = 64 * 1024  # request line and headers
@@ -99,6 +107,7 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
         self.in_head = True  # bytes now arriving belong to a request line or headers
         self.head_bytes = 0
         self.draining = False  # answered and ending: what comes in is dropped
+        self.stream_shutdown: Callable[[], None] | None = None  # see stream_open
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -113,6 +122,10 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
         if self.slot is not None:
             self.slot.release()
             self.slot = None
+        self.stream_shutdown = None
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the scope holds us: freed by reference counting (test_heap.py)
+            scope.get("extensions", {}).pop(STREAM, None)
         super().connection_lost(exc)
         # uvicorn cancels its keep-alive timer only on a clean close: after a reset the timer
         # and this protocol hold each other, a cycle a frozen heap never frees (test_heap.py)
@@ -186,14 +199,70 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
         self._disarm()
         self.in_head = False
         self.head_bytes = 0
+        upgrade = self.parser.should_upgrade() and self._should_upgrade()
+        if not upgrade:
+            self.scope["extensions"] = {STREAM: self}  # type: ignore[dict-item]
         super().on_headers_complete()
-        if not (self.parser.should_upgrade() and self._should_upgrade()):
+        if not upgrade:
             self._arm(self.edge.request_timeout_s + BODY_GRACE_S)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._disarm()
         self.in_head = True
+
+    # a response that stays open (gateway.sse)
+
+    def stream_open(self, on_shutdown: Callable[[], None]) -> None:
+        """The response just started is a stream: ``on_shutdown`` ends it when the server stops.
+
+        Its deadlines are over (a GET's ended with its headers); the send buffer is kept
+        small, so a client that stops reading is seen behind after a few hundred KiB.
+        """
+        self.stream_shutdown = on_shutdown
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+    def stream_write(self, data: bytes) -> bool:
+        """Write ``data`` as one chunk of the started response; False once it is over."""
+        cycle = self.cycle
+        if (
+            cycle is None
+            or not cycle.chunked_encoding
+            or cycle.response_complete
+            or cycle.disconnected
+            or self.transport.is_closing()
+        ):
+            return False
+        self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return True
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return self.transport.get_write_buffer_size()
+
+    def stream_end(self, *, cut: bool = False) -> None:
+        """End the stream and its connection: the last chunk, then a close (a client that
+        does not read it is cut after ``LINGER_S``); ``cut`` drops what it has not read."""
+        self.stream_shutdown = None
+        if self.transport.is_closing():
+            return
+        if cut:
+            self.transport.abort()
+            return
+        self.transport.write(b"0\r\n\r\n")
+        self.transport.close()
+        self._disarm()
+        self.deadline = self.loop.call_later(LINGER_S, self.transport.abort)
+
+    def shutdown(self) -> None:
+        if self.stream_shutdown is not None:
+            callback, self.stream_shutdown = self.stream_shutdown, None
+            callback()  # the stream ends itself (stream_end) instead of running to the timeout
+            return
+        super().shutdown()
 
     def handle_websocket_upgrade(self) -> None:
         slot, self.slot = self.slot, None
