@@ -85,6 +85,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
     sim.add_argument("--quiet", action="store_true", help="print only failures and the summary")
+    heal = sim.add_argument_group("reconciliation demo (SPEC 8; docs/heal-demo.toml)")
+    heal.add_argument(
+        "--drop",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of webhooks never sent, like a provider under load; the model (and the "
+        "served pull APIs) still have the change",
+    )
+    heal.add_argument(
+        "--serve-pull-api",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve the Tencent, RongCloud and OpenIM pull APIs on 127.0.0.1:PORT, answering "
+        "from the model (0: a free port)",
+    )
+    heal.add_argument(
+        "--check-every",
+        type=float,
+        default=None,
+        metavar="S",
+        help="every S seconds, compare the gateway's query API with the model",
+    )
+    heal.add_argument(
+        "--linger",
+        type=float,
+        default=None,
+        metavar="S",
+        help="after the last webhook, keep serving / checking this long (default: until Ctrl-C)",
+    )
     secrets = sim.add_argument_group("provider secrets (defaults: the dev-mode app)")
     secrets.add_argument("--tencent-sdkappid", type=int, default=1400000000)
     secrets.add_argument("--tencent-token", default="", help="callback token ('': unsigned)")
@@ -99,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     secrets.add_argument("--netease-app-key", default=dev.netease.app_key)
     secrets.add_argument("--netease-app-secret", default=dev.netease.app_secret)
     secrets.add_argument("--wukongim-token", default="", help="token path segment ('': none)")
+    secrets.add_argument("--api-key", default=dev.api_key, help="the app's api_key (--check-every)")
+    pulled = "(--serve-pull-api; default: docs/heal-demo.toml's)"
+    secrets.add_argument("--tencent-admin", default=None, help=f"the App admin {pulled}")
+    secrets.add_argument("--tencent-secret-key", default=None, help=f"signs the UserSig {pulled}")
+    secrets.add_argument("--openim-admin-user", default=None, help=f"admin userID {pulled}")
+    secrets.add_argument("--openim-secret", default=None, help=f"share.yml secret {pulled}")
     return parser
 
 

@@ -42,6 +42,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from gateway import pullapi_sim
 from gateway.config import AppConfig, dev_settings
 from gateway.model import PresenceEvent
 from gateway.providers import easemob, netease, rongcloud, standard, tencent, wukongim
@@ -251,6 +252,7 @@ class Simulation:
         self._order = itertools.count()
         self._held: list[tuple[int, int, str, _Part]] = []  # (due, order, provider, part)
         self._history: deque[tuple[int, Delivery]] = deque(maxlen=256)
+        self._by_name = {u.name: u for u in self.users}
 
     def step(self, now_ms: int) -> list[Delivery]:
         """The next webhook(s): late ones now due, a re-send, or a new behaviour."""
@@ -276,6 +278,22 @@ class Simulation:
     def expected(self) -> dict[str, list[str]]:
         """Each user's online platforms (sorted, no repeats; empty = offline) by user id."""
         return {u.name: sorted({g.platform for g in u.online.values()}) for u in self.users}
+
+    def truth(self, provider: str) -> Callable[[str], set[str] | None]:
+        """What ``provider``'s pull API knows right now: a user's online platforms (empty:
+        offline), None for a user of another provider (one the provider never heard of).
+
+        The model changes when a behaviour happens, whether or not its webhook is ever sent
+        (``Dropper``): it is the provider's truth, which the gateway learns late or never.
+        """
+
+        def lookup(user: str) -> set[str] | None:
+            found = self._by_name.get(user)
+            if found is None or found.provider != provider:
+                return None
+            return {g.platform for g in found.online.values()}
+
+        return lookup
 
     # -- deliveries
 
@@ -540,6 +558,32 @@ class Simulation:
         return self.rng.randint(2_000, max(2_000, min(30_000, self.max_lag_ms)))
 
 
+class Dropper:
+    """The webhooks a provider under load never sends: each delivery with chance ``fraction``.
+
+    Seeded apart from the behaviour, so a run with drops makes the same changes as one
+    without. A dropped delivery is never retried (its later re-sends are drawn afresh).
+    """
+
+    def __init__(self, fraction: float = 0.0, seed: int | None = None) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("the drop fraction must be within [0, 1]")
+        self.fraction = fraction
+        self.rng = random.Random(seed)
+        self.offered = 0  # deliveries decided on
+        self.dropped = 0
+        self.dropped_events = 0
+
+    def drops(self, d: Delivery) -> bool:
+        """Whether ``d`` is dropped (counted)."""
+        self.offered += 1
+        if self.fraction <= 0.0 or self.rng.random() >= self.fraction:
+            return False
+        self.dropped += 1
+        self.dropped_events += len(d.changes)
+        return True
+
+
 # -- one signed request per provider (pure) ------------------------------------------------
 
 
@@ -571,6 +615,11 @@ class Target:
     netease_app_key: str = _DEV_NE.app_key
     netease_app_secret: str = _DEV_NE.app_secret
     wukongim_token: str = _DEV_WK.token
+    # --serve-pull-api: the credentials the fake pull APIs check (RongCloud's: the two above)
+    tencent_admin: str = pullapi_sim.TENCENT_ADMIN
+    tencent_secret_key: str = pullapi_sim.TENCENT_SECRET_KEY
+    openim_admin_user: str = pullapi_sim.OPENIM_ADMIN
+    openim_secret: str = pullapi_sim.OPENIM_SECRET
 
     @classmethod
     def for_app(cls, app: AppConfig) -> Target:
@@ -596,6 +645,17 @@ class Target:
             target = replace(target, netease_app_key=ne.app_key, netease_app_secret=ne.app_secret)
         if app.wukongim:
             target = replace(target, wukongim_token=app.wukongim.token)
+        # the [apps.<provider>.reconcile] tables, where the config has them
+        tc_pull = getattr(app.tencent, "reconcile", None)
+        if tc_pull is not None:
+            target = replace(
+                target, tencent_admin=tc_pull.admin, tencent_secret_key=tc_pull.secret_key
+            )
+        oi_pull = getattr(app.openim, "reconcile", None)
+        if oi_pull is not None:
+            target = replace(
+                target, openim_admin_user=oi_pull.admin_user, openim_secret=oi_pull.secret
+            )
         return target
 
 
@@ -810,6 +870,8 @@ class Options:
     backoff_s: float = 0.5  # first wait after a failure; doubles up to backoff_max_s
     backoff_max_s: float = 5.0
     max_5xx_tries: int = 5  # a 5xx answer is retried (nothing was applied) this many times
+    drop: float = 0.0  # share of webhooks never sent (the model still counts their changes)
+    drop_seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -831,6 +893,9 @@ class Summary:
     non_2xx: int = 0
     network_errors: int = 0  # attempts that got no answer
     undelivered: int = 0  # webhooks given up (stopped while failing)
+    dropped: int = 0  # webhooks never sent on purpose (``Options.drop``)
+    dropped_events: int = 0
+    drop: float = 0.0  # the fraction asked for
     elapsed_s: float = 0.0
 
     @property
@@ -850,6 +915,13 @@ class Summary:
             text += f"; network errors: {self.network_errors}"
         if self.undelivered:
             text += f"; not delivered: {self.undelivered}"
+        if self.drop > 0:
+            offered = self.sent + self.dropped
+            share = f", {100 * self.dropped / offered:.1f} %" if offered else ""
+            text += (
+                f"; dropped on purpose (never sent): {self.dropped} webhooks "
+                f"({self.dropped_events} events{share})"
+            )
         return text
 
 
@@ -873,6 +945,11 @@ def format_result(result: Result) -> str:
     users = users if len(users) <= 14 else users[:13] + "…"
     line = f"#{d.id:<5} {d.provider:<9} {users:<14} {d.note:<52} {result.status}"
     return f"{line} {result.reason}" if result.reason else line
+
+
+def format_dropped(d: Delivery) -> str:
+    """The line of a webhook dropped on purpose (never sent)."""
+    return format_result(Result(d, 0, "")).rsplit(" ", 1)[0] + " DROPPED (not sent)"
 
 
 class _Sender:
@@ -977,6 +1054,7 @@ async def run(
     *,
     stop: asyncio.Event | None = None,
     on_result: Callable[[Result], None] | None = None,
+    on_drop: Callable[[Delivery], None] | None = None,
     warn: Callable[[str], None] = _stderr,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Summary:
@@ -986,9 +1064,13 @@ async def run(
     except that each ``ARRIVAL_ORDERED`` provider's go one at a time, in order (as WuKongIM
     posts its batches). A gateway that does not answer is reported through ``warn`` and
     retried with backoff; nothing raises. At the end the late deliveries still held back
-    are sent too, so the gateway ends in ``sim.expected()``.
+    are sent too, so the gateway ends in ``sim.expected()``, unless ``options.drop`` > 0:
+    each webhook is then, with that chance, never sent (reported through ``on_drop``; it
+    takes its slot of the rate all the same), and the gateway is wrong for its users until
+    a later webhook or reconciliation sets them right.
     """
     options = options or Options()
+    dropper = Dropper(options.drop, options.drop_seed)
     stop = stop or asyncio.Event()
     report = on_result or (lambda result: None)
     started = time.monotonic()
@@ -1000,6 +1082,10 @@ async def run(
     }
 
     async def put(delivery: Delivery) -> None:
+        if dropper.drops(delivery):
+            if on_drop is not None:
+                on_drop(delivery)
+            return
         await serial.get(delivery.provider, queue).put(delivery)
 
     timeout = httpx.Timeout(options.timeout_s)
@@ -1017,8 +1103,11 @@ async def run(
             finally:
                 for worker_queue in workers:
                     await worker_queue.put(None)
-    sender.summary.elapsed_s = time.monotonic() - started
-    return sender.summary
+    summary = sender.summary
+    summary.elapsed_s = time.monotonic() - started
+    summary.drop, summary.dropped = options.drop, dropper.dropped
+    summary.dropped_events = dropper.dropped_events
+    return summary
 
 
 async def _produce(
@@ -1056,19 +1145,143 @@ async def _produce(
 def _problem(args: argparse.Namespace) -> str | None:
     if not args.url.startswith(("http://", "https://")):
         return "--url must start with http:// or https://"
+    port, linger = args.serve_pull_api, args.linger
     checks = [
         (args.users >= 1, "--users must be at least 1"),
         (args.rate > 0, "--rate must be > 0"),
         (args.duration is None or args.duration >= 0, "--duration must be >= 0"),
         (args.count is None or args.count >= 1, "--count must be at least 1"),
         (args.concurrency >= 1, "--concurrency must be at least 1"),
+        (0 <= args.drop <= 1, "--drop must be a fraction within [0, 1]"),
+        (port is None or 0 <= port <= 65535, "--serve-pull-api must be a port (0: a free one)"),
+        (args.check_every is None or args.check_every > 0, "--check-every must be > 0"),
+        (linger is None or linger >= 0, "--linger must be >= 0"),
+        (
+            linger is None or port is not None or args.check_every is not None,
+            "--linger needs --serve-pull-api or --check-every",
+        ),
     ]
     return next((message for ok, message in checks if not ok), None)
 
 
-async def _run_command(
-    sim: Simulation, target: Target, url: str, options: Options, quiet: bool
-) -> Summary:
+def _target(args: argparse.Namespace) -> Target:
+    pulled = {
+        name: getattr(args, name)
+        for name in ("tencent_admin", "tencent_secret_key", "openim_admin_user", "openim_secret")
+        if getattr(args, name) is not None
+    }
+    return Target(
+        app=args.app,
+        tencent_sdkappid=args.tencent_sdkappid,
+        tencent_token=args.tencent_token,
+        rongcloud_app_key=args.rongcloud_app_key,
+        rongcloud_app_secret=args.rongcloud_app_secret,
+        openim_token=args.openim_token,
+        standard_secret=args.standard_secret,
+        easemob_appkey=args.easemob_appkey,
+        easemob_secret=args.easemob_secret,
+        netease_app_key=args.netease_app_key,
+        netease_app_secret=args.netease_app_secret,
+        wukongim_token=args.wukongim_token,
+        **pulled,
+    )
+
+
+async def _checks(
+    url: str, app: str, api_key: str, sim: Simulation, every_s: float, stop: asyncio.Event
+) -> None:
+    """Print the gateway against the model every ``every_s`` until ``stop`` (cancelled)."""
+    from gateway.simulate_heal import CheckFailed, compare
+
+    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+        while True:
+            try:
+                print((await compare(client, app, api_key, sim.expected())).line(), flush=True)
+            except CheckFailed as exc:
+                _stderr(f"check failed: {exc}")
+            if await _stopped(stop, every_s):
+                return
+
+
+async def command(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    """``simulate`` once its arguments are valid, until done or ``stop`` (no signals here)."""
+    from gateway.simulate_heal import config_hint, pull_calls, serve_model
+
+    providers = PROVIDER_NAMES if args.provider == "mixed" else (args.provider,)
+    sim = Simulation(user_ids(args.users), providers, args.seed)
+    target = _target(args)
+    options = Options(
+        rate=args.rate,
+        duration_s=args.duration or None,
+        count=args.count,
+        concurrency=args.concurrency,
+        drop=args.drop,
+        drop_seed=None if args.seed is None else args.seed + 1,
+    )
+    url = args.url.rstrip("/")
+    limits = [f"{args.duration:g} s"] if args.duration else []
+    limits += [f"{args.count} webhooks"] if args.count else []
+    how_long = "for " + " or ".join(limits) if limits else "until Ctrl-C"
+    dropping = f", dropping {100 * args.drop:g} % of them" if args.drop else ""
+    _stderr(
+        f"simulating {args.users} users ({', '.join(providers)}) at {args.rate:g} webhooks/s "
+        f"{how_long}{dropping} -> {url}, app {args.app}"
+    )
+    if len(providers) > args.users:
+        left_out = ", ".join(providers[args.users :])
+        _stderr(f"note: one provider per user, so no users for {left_out}; try --users 7")
+
+    def show(result: Result) -> None:
+        if not args.quiet or not 200 <= result.status < 300:
+            print(format_result(result), flush=True)
+
+    def dropped(d: Delivery) -> None:
+        if not args.quiet:
+            print(format_dropped(d), flush=True)
+
+    async with contextlib.AsyncExitStack() as stack:
+        server = None
+        if args.serve_pull_api is not None:
+            try:
+                server = await stack.enter_async_context(
+                    serve_model(sim, target, args.serve_pull_api)
+                )
+            except OSError as exc:
+                where = f"127.0.0.1:{args.serve_pull_api}"
+                _stderr(f"simulate: cannot serve the pull APIs on {where}: {exc.strerror}")
+                return 2
+            for line in config_hint(server.url):
+                _stderr(line)
+        check_stop = asyncio.Event()
+        async with asyncio.TaskGroup() as group:
+            checker = None
+            if args.check_every is not None:
+                checks = _checks(url, args.app, args.api_key, sim, args.check_every, check_stop)
+                checker = group.create_task(checks)
+            summary = await run(
+                sim, target, url, options, stop=stop, on_result=show, on_drop=dropped
+            )
+            if (server or checker) and not stop.is_set():
+                what = "serving the pull APIs" if server else "checking"
+                until = f"for {args.linger:g} s" if args.linger is not None else "until Ctrl-C"
+                _stderr(f"all webhooks sent; still {what} {until}")
+                if args.linger is None:
+                    await stop.wait()
+                else:
+                    await _stopped(stop, args.linger)
+            if checker is not None:
+                check_stop.set()
+        print(summary.line(), flush=True)
+        if server is not None:
+            calls = pull_calls(server.fakes)
+            print(
+                "pull APIs answered: " + ", ".join(f"{p} {n} calls" for p, n in calls.items()),
+                flush=True,
+            )
+    return 0 if summary.ok else 1
+
+
+async def _main(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -1084,13 +1297,8 @@ async def _run_command(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, interrupted)
                 handled.append(sig)
-
-    def show(result: Result) -> None:
-        if not quiet or not 200 <= result.status < 300:
-            print(format_result(result), flush=True)
-
     try:
-        return await run(sim, target, url, options, stop=stop, on_result=show)
+        return await command(args, stop)
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
@@ -1101,43 +1309,8 @@ def main(args: argparse.Namespace) -> int:
     if problem := _problem(args):
         _stderr(f"simulate: {problem}")
         return 2
-    providers = PROVIDER_NAMES if args.provider == "mixed" else (args.provider,)
-    sim = Simulation(user_ids(args.users), providers, args.seed)
-    target = Target(
-        app=args.app,
-        tencent_sdkappid=args.tencent_sdkappid,
-        tencent_token=args.tencent_token,
-        rongcloud_app_key=args.rongcloud_app_key,
-        rongcloud_app_secret=args.rongcloud_app_secret,
-        openim_token=args.openim_token,
-        standard_secret=args.standard_secret,
-        easemob_appkey=args.easemob_appkey,
-        easemob_secret=args.easemob_secret,
-        netease_app_key=args.netease_app_key,
-        netease_app_secret=args.netease_app_secret,
-        wukongim_token=args.wukongim_token,
-    )
-    options = Options(
-        rate=args.rate,
-        duration_s=args.duration or None,
-        count=args.count,
-        concurrency=args.concurrency,
-    )
-    url = args.url.rstrip("/")
-    limits = [f"{args.duration:g} s"] if args.duration else []
-    limits += [f"{args.count} webhooks"] if args.count else []
-    how_long = "for " + " or ".join(limits) if limits else "until Ctrl-C"
-    _stderr(
-        f"simulating {args.users} users ({', '.join(providers)}) at {args.rate:g} webhooks/s "
-        f"{how_long} -> {url}, app {args.app}"
-    )
-    if len(providers) > args.users:
-        left_out = ", ".join(providers[args.users :])
-        _stderr(f"note: one provider per user, so no users for {left_out}; try --users 7")
     try:
-        summary = asyncio.run(_run_command(sim, target, url, options, args.quiet))
+        return asyncio.run(_main(args))
     except KeyboardInterrupt:
         _stderr("simulate: interrupted")
         return 130
-    print(summary.line(), flush=True)
-    return 0 if summary.ok else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
@@ -17,7 +18,7 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import cli
+from gateway import cli, simulate
 from gateway.backends.base import PresenceSettings
 from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
 from gateway.model import PresenceEvent
@@ -29,6 +30,12 @@ from gateway.providers.openim import OpenIMConfig
 from gateway.providers.rongcloud import RongCloudConfig
 from gateway.providers.tencent import TencentConfig
 from gateway.providers.wukongim import WuKongIMConfig
+from gateway.reconcile.base import Answer, PullClient
+from gateway.reconcile.config import OpenIMReconcile, RongCloudReconcile, TencentReconcile
+from gateway.reconcile.http import HttpSettings
+from gateway.reconcile.openim import OpenIMClient
+from gateway.reconcile.rongcloud import RongCloudClient
+from gateway.reconcile.tencent import TencentClient
 from gateway.simulate import (
     ADMIN_KICK,
     ARRIVAL_ORDERED,
@@ -37,6 +44,7 @@ from gateway.simulate import (
     LOGIN,
     PROVIDER_NAMES,
     Delivery,
+    Dropper,
     HttpRequest,
     Options,
     Result,
@@ -47,6 +55,7 @@ from gateway.simulate import (
     run,
     user_ids,
 )
+from gateway.simulate_heal import compare, pull_calls, serve_model
 from tests.live import serve
 from tests.servers import free_port
 
@@ -499,3 +508,200 @@ async def test_a_count_limited_run_still_sends_the_rest_of_its_last_step() -> No
     assert [r.delivery.note for r in results] == [d.note for d in first_step]
     assert len(sim.expected()["alice"]) == 2
     assert_gateway_shows(states, sim.expected())
+
+
+# -- reconciliation demo: --drop, the model's pull APIs, the gateway against the model --------
+
+PULLED = ("tencent", "rongcloud", "openim")
+
+
+def test_dropper_drops_about_its_fraction_the_same_for_a_seed() -> None:
+    """A seeded Dropper drops close to its fraction, the same deliveries each time, none at 0."""
+    _, deliveries = generate(seed=4, providers=PULLED, steps=1000)
+    droppers = [Dropper(0.05, seed=9), Dropper(0.05, seed=9)]
+    picks = [[dropper.drops(d) for d in deliveries] for dropper in droppers]
+    assert picks[0] == picks[1]
+    assert 0.03 < sum(picks[0]) / len(deliveries) < 0.07
+    none = Dropper(0.0, seed=9)
+    assert not any(none.drops(d) for d in deliveries) and none.offered == len(deliveries)
+
+
+async def test_drop_leaves_the_gateway_wrong_while_the_model_keeps_the_truth() -> None:
+    """--drop never sends about that share; the gateway shows the sent ones, the model all."""
+    settings = make_settings()
+    app = app_of(settings)
+    sim = Simulation(user_ids(12), PULLED, seed=21)
+    results: list[Result] = []
+    dropped: list[Delivery] = []
+    options = Options(rate=5000, count=400, concurrency=4, drop=0.25, drop_seed=5)
+    async with serve(settings) as gw:
+        summary = await run(
+            sim,
+            Target.for_app(app),
+            gw.url,
+            options,
+            on_result=results.append,
+            on_drop=dropped.append,
+        )
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            states = await query(client, app, user_ids(12))
+            comparison = await compare(client, app.id, app.api_key, sim.expected())
+    offered = len(results) + len(dropped)
+    assert summary.dropped == len(dropped) and 0.18 < len(dropped) / offered < 0.32
+    assert summary.dropped_events == sum(len(d.changes) for d in dropped)
+    assert "dropped on purpose (never sent): " in summary.line() and summary.ok
+    sent = [r.delivery for r in results]
+    shown = {u: sorted(final(sent).get(u, ())) for u in user_ids(12)}
+    assert_gateway_shows(states, shown)  # exactly what was sent
+    truth = {u: sorted(final(sent + dropped).get(u, ())) for u in user_ids(12)}
+    assert truth == sim.expected() != shown  # the model has the dropped changes too
+    wrong = {u for u in shown if bool(shown[u]) != bool(truth[u])}
+    assert wrong and set(comparison.ghosts) | set(comparison.missing) == wrong
+    assert comparison.wrong == len(wrong) and comparison.users == 12
+
+
+def pull_clients(url: str, target: Target, **wrong: str) -> list[PullClient]:
+    """The gateway's own pull-API clients for ``url``, with ``target``'s credentials."""
+    fast = HttpSettings(timeout_s=2.0, attempts=1)
+    tencent = TencentReconcile(
+        api_base=url,
+        admin=target.tencent_admin,
+        secret_key=wrong.get("tencent", target.tencent_secret_key),
+        rate=1000,
+    )
+    rong = RongCloudReconcile(api_base=url, rate=1000)
+    rong_secret = wrong.get("rongcloud", target.rongcloud_app_secret)
+    openim = OpenIMReconcile(
+        api_base=url,
+        admin_user=target.openim_admin_user,
+        secret=wrong.get("openim", target.openim_secret),
+        rate=1000,
+    )
+    return [
+        TencentClient(tencent, target.tencent_sdkappid, fast),
+        RongCloudClient(rong, target.rongcloud_app_key, rong_secret, fast),
+        OpenIMClient(openim, fast),
+    ]
+
+
+def model_answer(sim: Simulation, provider: str, user: str) -> Answer:
+    """What ``provider``'s client should make of the model's answer about ``user``."""
+    platforms = sim.truth(provider)(user)
+    if platforms is None:  # another provider's user: Tencent does not know it
+        return Answer(False, known=False) if provider == "tencent" else Answer(False)
+    named = () if provider == "rongcloud" else tuple(sorted(platforms))  # checkOnline: none
+    return Answer(bool(platforms), named if platforms else ())
+
+
+async def test_served_pull_apis_answer_from_the_live_model_through_the_real_clients() -> None:
+    """Tencent, RongCloud and OpenIM answers, via gateway/reconcile clients, follow the model."""
+    users = user_ids(30)
+    sim = Simulation(users, PULLED, seed=8)
+    now = clock_ms()
+    for _ in range(300):
+        sim.step(now)
+        now += 50
+    target = Target()
+    async with serve_model(sim, target) as server:
+        clients = pull_clients(server.url, target)
+        try:
+            for round_ in range(2):  # the second after the model moved on
+                for client in clients:
+                    checked = await client.check(users)
+                    assert not checked.failed and not checked.errors, client.provider
+                    expected = {u: model_answer(sim, client.provider, u) for u in users}
+                    assert checked.answers == expected, (client.provider, round_)
+                    assert any(a.online for a in checked.answers.values())
+                    assert not all(a.online for a in checked.answers.values())
+                for _ in range(300):
+                    sim.step(now)
+                    now += 50
+        finally:
+            for client in clients:
+                await client.aclose()
+        calls = pull_calls(server.fakes)
+    assert calls == {"tencent": 2, "rongcloud": 60, "openim": 2}
+    assert all(not fake.requests and not fake.credentials for fake in server.fakes)  # record off
+
+
+@pytest.mark.parametrize("provider", PULLED)
+async def test_served_pull_apis_refuse_wrong_credentials(provider: str) -> None:
+    """A wrong Tencent key, RongCloud secret or OpenIM secret gets no answer, never 'offline'."""
+    sim = Simulation(user_ids(9), PULLED, seed=2)
+    sim.step(clock_ms())
+    target = Target()
+    async with serve_model(sim, target) as server:
+        clients = pull_clients(server.url, target, **{provider: "not-the-secret"})
+        try:
+            (client,) = [c for c in clients if c.provider == provider]
+            checked = await client.check(user_ids(9))
+        finally:
+            for c in clients:
+                await c.aclose()
+    assert not checked.answers and sorted(checked.failed) == sorted(user_ids(9))
+    assert checked.errors and not any(e.retryable for e in checked.errors)
+
+
+def sim_args(*argv: str) -> argparse.Namespace:
+    return cli._parser().parse_args(["simulate", *argv])
+
+
+async def test_cli_serves_the_pull_apis_checks_and_reports_the_drops(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """simulate --drop --serve-pull-api --check-every: the URLs, checks, drops and calls said."""
+    port = free_port()
+    async with serve(dev_settings()) as gw:
+        args = sim_args(
+            *("--url", gw.url, "--provider", "tencent", "--users", "10", "--count", "60"),
+            *("--rate", "1000", "--seed", "4", "--drop", "0.2", "--quiet"),
+            *("--serve-pull-api", str(port), "--check-every", "0.05", "--linger", "2"),
+        )
+        task = asyncio.create_task(simulate.command(args, asyncio.Event()))
+        (client, *others) = pull_clients(f"http://127.0.0.1:{port}", Target())
+        try:
+            async with asyncio.timeout(20):
+                while not (checked := await client.check(user_ids(10))).answers:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # still starting (polling against a deadline)
+        finally:
+            for c in (client, *others):
+                await c.aclose()
+        assert set(checked.answers) == set(user_ids(10))
+        assert all(a.known for a in checked.answers.values())  # all of them Tencent's users
+        async with asyncio.timeout(20):
+            assert await task == 0  # it stops by itself, --linger after the last webhook
+    captured = capsys.readouterr()
+    assert f'api_base = "http://127.0.0.1:{port}"' in captured.err
+    assert "all webhooks sent; still serving the pull APIs for 2 s" in captured.err
+    out = captured.out.splitlines()
+    checks = [line for line in out if line.startswith("check: ")]
+    assert checks and all(" of 10 users shown wrongly " in line for line in checks)
+    summary = next(line for line in out if line.startswith("sent "))
+    assert "dropped on purpose (never sent): " in summary
+    assert out[-1].startswith("pull APIs answered: tencent ") and "tencent 0 " not in out[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--drop", "1.5"], "--drop must be a fraction within [0, 1]"),
+        (["--serve-pull-api", "70000"], "--serve-pull-api must be a port"),
+        (["--linger", "3"], "--linger needs --serve-pull-api or --check-every"),
+        (["--check-every", "0"], "--check-every must be > 0"),
+    ],
+)
+def test_cli_rejects_bad_reconciliation_demo_flags(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Out-of-range demo flags are usage errors (exit 2) with a message naming the flag."""
+    assert cli.main(["simulate", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+async def test_cli_says_when_the_pull_api_port_is_taken(capsys: pytest.CaptureFixture[str]) -> None:
+    """A pull-API port already in use is exit 2 with a message, not a traceback."""
+    sim = Simulation(["alice"], ("tencent",), seed=1)
+    async with serve_model(sim, Target()) as server:
+        args = sim_args("--serve-pull-api", str(server.port), "--count", "1")
+        assert await simulate.command(args, asyncio.Event()) == 2
+    assert f"cannot serve the pull APIs on 127.0.0.1:{server.port}" in capsys.readouterr().err
