@@ -258,13 +258,14 @@ def test_every_request_passes_the_providers_own_checks_and_means_what_was_simula
     }
     _, deliveries = generate(seed=2)
     kinds: Counter[str] = Counter()
+    start = clock_ms()  # a WuKongIM resend keeps the times its first delivery was given
     for d in deliveries:
         now = clock_ms()
         for style in range(4):  # every wire form of the provider
             req = build(replace(d, style=style), target, now)
             parsed = adapters[d.provider].handle(to_webhook_request(req, d.provider, now))
             if d.provider in ARRIVAL_ORDERED:
-                assert_stamped_in_array_order(parsed.events, d, now)
+                assert_stamped_in_array_order(parsed.events, d, start)
                 continue
             got = {(e.user, e.device, e.platform, e.online, e.time) for e in parsed.events}
             meant = {
