@@ -193,6 +193,8 @@ BACKENDS = [
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("cluster", id="cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
 ]
+SHARED_BACKENDS = BACKENDS[1:]
+"""The backends several nodes share (``@pytest.mark.parametrize("backend", …, indirect=True)``)."""
 
 
 def backend_url(request: pytest.FixtureRequest, name: str) -> str | None:

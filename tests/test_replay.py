@@ -20,7 +20,7 @@ from gateway.backends.redis import RedisStore
 from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
 from gateway.errors import StoreUnavailable
 from gateway.providers.rongcloud import RongCloudConfig
-from tests.conftest import Backend, backend_url
+from tests.conftest import SHARED_BACKENDS, Backend, backend_url
 from tests.live import LiveGateway, serve
 
 A = hashlib.sha256(b"body a").digest()
@@ -75,10 +75,9 @@ async def test_concurrent_claims_one_winner(store: PresenceStore) -> None:
     assert sum(won) == 1
 
 
+@pytest.mark.parametrize("backend", SHARED_BACKENDS, indirect=True)
 async def test_second_node_refuses_other_body(backend: Backend) -> None:
     """Two stores on one Redis (two nodes): a key claimed on one is refused on the other."""
-    if not backend.is_redis:
-        pytest.skip("the in-memory store is one process: no second node shares it")
     first, second = await backend.store(), await backend.store()
     app, key = new_app(), new_key()
     assert await first.claim_request(app, key, A, MINUTE)
