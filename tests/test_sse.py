@@ -12,7 +12,6 @@ import json
 import logging
 import socket
 import time
-import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +24,11 @@ import gateway.session
 from gateway import tokens
 from gateway.app import Gateway
 from gateway.config import AppConfig, Settings
-from gateway.model import PresenceEvent
 from gateway.sse import EventStream
 from tests.live import LiveGateway, serve
-from tests.test_e2e_webhooks import app_of, make_settings, now_ms, tencent
+from tests.test_e2e_webhooks import app_of, make_settings, query, tencent
+from tests.test_fanout import Toggler
+from tests.test_ws_protocol import BAD_TOKENS
 from tests.wsclient import Client
 
 STREAM_TIMEOUT = httpx.Timeout(10.0, read=None)
@@ -285,3 +285,238 @@ async def test_leaving_serve_ends_the_stream_cleanly() -> None:
             await stream.start()
         await stream.ended()
         assert stream.ended_with is None, stream.ended_with
+
+
+async def test_a_stream_opened_while_a_user_changes_misses_nothing_after_its_snapshot() -> None:
+    """Streams opened during a burst of changes see v rising after the snapshot and end on
+    the store's state."""
+    async with running() as live:
+        done = asyncio.Event()
+
+        async def flap() -> None:
+            for i in range(40):
+                await (live.login if i % 2 == 0 else live.logout)("bob")
+            done.set()
+
+        async def watch_until_done() -> None:
+            async with live.stream("bob") as stream:
+                seen = [(await stream.start())["bob"]]
+                await done.wait()
+                (final,) = await query(live.http, live.app, "bob")
+                while seen[-1]["v"] < final["v"]:
+                    seen.append(await stream.presence("bob"))
+                vs = [s["v"] for s in seen]
+                assert vs == sorted(set(vs)), vs
+                assert seen[-1] == final
+
+        flapper = asyncio.create_task(flap())
+        await asyncio.gather(*(watch_until_done() for _ in range(5)), flapper)
+
+
+async def test_token_expiring_mid_stream_ends_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream ends (cleanly) once its token expires; the node forgets it."""
+    monkeypatch.setattr(tokens, "LEEWAY_S", 0)
+    async with running() as live:
+        async with live.stream("bob", token=live.token(ttl_s=1)) as stream:
+            await stream.start()
+            assert await stream.next(within=10) is None
+            assert stream.ended_with is None
+        await eventually(lambda: not live.streams(), "the stream to be gone")
+
+
+# -- refusals -----------------------------------------------------------------------------
+
+
+async def refused(stream: Stream, status: int, code: str) -> None:
+    """The response is ``status`` with a JSON error ``code`` and no stream."""
+    r = stream.response
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["error"] == code and isinstance(body["message"], str) and body["message"]
+    assert "Traceback" not in r.text
+    assert await stream.next() is None, "no events"
+
+
+@pytest.mark.parametrize("make_token", BAD_TOKENS)
+async def test_bad_token_is_401_before_any_stream(make_token: Any) -> None:
+    """A bad, forged, other-algorithm or expired token gets a 401 JSON error, no stream."""
+    async with running() as live:
+        if make_token(live.app):  # an empty header value cannot be sent
+            async with live.stream("bob", token=make_token(live.app)) as stream:
+                await refused(stream, 401, "unauthorized")
+        async with live.stream("bob", token=make_token(live.app), in_query=True) as stream:
+            await refused(stream, 401, "unauthorized")
+        assert not live.parts.hub.sessions and not live.parts.hub.connections
+
+
+async def test_missing_token_or_other_scheme_is_401() -> None:
+    """No token at all, a Basic header, or two ?token= get a 401."""
+    async with running() as live:
+        async with live.stream("bob", token=None) as stream:
+            await refused(stream, 401, "unauthorized")
+            assert stream.response.headers["www-authenticate"] == "Bearer"
+        basic = {"Authorization": "Basic YWxpY2U6c2VjcmV0"}
+        async with live.stream("bob", token=None, headers=basic) as stream:
+            await refused(stream, 401, "unauthorized")
+        twice = [("token", live.token()), ("token", live.token())]
+        async with live.stream("bob", token=None, params=twice) as stream:
+            await refused(stream, 401, "unauthorized")
+
+
+async def test_bad_users_and_over_max_watch_are_400() -> None:
+    """No user, an over-long id, bad UTF-8, or more users than max_watch: 400, no stream."""
+    async with running(with_app(max_watch=2)) as live:
+        async with live.stream() as stream:
+            await refused(stream, 400, "bad_request")
+        async with live.stream("x" * 257) as stream:
+            await refused(stream, 400, "bad_request")
+        async with live.stream("a", "b", "c") as stream:
+            await refused(stream, 400, "limit")
+        async with live.stream("a", "b", "a", "b") as stream:  # repeats count once
+            await stream.start()
+        raw = f"/v1/apps/{live.app.id}/sse?user=%ff"
+        r = await live.http.get(raw, headers={"Authorization": f"Bearer {live.token()}"})
+        assert r.status_code == 400 and r.json()["error"] == "bad_request"
+        r = await live.http.get("/v1/apps/nope/sse?user=a")
+        assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+async def test_watch_policy_token_allows_only_the_watch_claim() -> None:
+    """With watch_policy "token" a user outside the token's watch list is a 403."""
+    async with running(with_app(watch_policy="token")) as live:
+        token = live.token(watch=["bob"])
+        async with live.stream("bob", token=token) as stream:
+            assert set(await stream.start()) == {"bob"}
+        async with live.stream("bob", "carol", token=token) as stream:
+            await refused(stream, 403, "forbidden")
+        async with live.stream("bob", token=live.token()) as stream:  # no watch claim
+            await refused(stream, 403, "forbidden")
+
+
+async def test_origin_allow_list_and_cors() -> None:
+    """An origin off the list is a 403; an allowed one gets its own Access-Control-Allow-Origin
+    on the stream and on refusals, and a preflight for the Authorization header."""
+    good, evil = "https://app.example", "https://evil.example"
+    async with running(with_app(allowed_origins=[good])) as live:
+        async with live.stream("bob", headers={"Origin": evil}) as stream:
+            await refused(stream, 403, "forbidden")
+            assert "access-control-allow-origin" not in stream.response.headers
+        async with live.stream("bob", headers={"Origin": good}) as stream:
+            assert stream.response.headers["access-control-allow-origin"] == good
+            assert stream.response.headers["vary"] == "origin"
+            await stream.start()
+        async with live.stream("bob", token="bad", headers={"Origin": good}) as stream:
+            await refused(stream, 401, "unauthorized")
+            assert stream.response.headers["access-control-allow-origin"] == good
+        async with live.stream("bob") as stream:  # no Origin: not a browser's cross-origin
+            await stream.start()
+        preflight = {
+            "Origin": good,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        }
+        r = await live.http.options(f"/v1/apps/{live.app.id}/sse", headers=preflight)
+        assert r.status_code == 204
+        assert r.headers["access-control-allow-origin"] == good
+        assert "authorization" in r.headers["access-control-allow-headers"]
+        assert "GET" in r.headers["access-control-allow-methods"]
+        r = await live.http.options(f"/v1/apps/{live.app.id}/sse", headers={"Origin": evil})
+        assert r.status_code == 403
+
+
+# -- bounds -------------------------------------------------------------------------------
+
+
+async def test_per_user_cap_counts_streams_and_websockets() -> None:
+    """max_connections_per_user counts SSE streams: over it a stream gets 429, a WebSocket
+    4009; a stream that ends frees its place."""
+    async with running(with_app(max_connections_per_user=2)) as live:
+        async with live.stream("bob") as first:
+            await first.start()
+            async with live.stream("bob") as second:
+                await second.start()
+                async with live.stream("bob") as third:
+                    await refused(third, 429, "limit")
+                ws = await Client.open(live.gw.ws_url, live.app.id)
+                await ws.send({"type": "hello", "token": live.token()})
+                assert (await ws.closed_with())[0] == 4009
+            await eventually(lambda: len(live.streams()) == 1, "the second stream to end")
+            async with live.stream("bob") as again:
+                await again.start()
+        assert live.parts.hub.refused == 2
+
+
+async def stalled_stream(live: Live, users: list[str]) -> socket.socket:
+    """A raw client with a tiny receive buffer that reads the response head, then nothing."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", live.gw.port))
+    query = "&".join(f"user={u}" for u in users)
+    request = (
+        f"GET /v1/apps/{live.app.id}/sse?{query} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {live.token('stalled')}\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, request.encode())
+    head = b""
+    async with asyncio.timeout(5):
+        while b"\r\n\r\n" not in head:
+            head += await loop.sock_recv(sock, 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+async def test_stalled_reader_delays_nobody_and_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream whose client stops reading does not delay other streams of its users, keeps
+    one state per user, and past the bound its connection is cut."""
+    monkeypatch.setattr(gateway.session, "HIGH_WATER", 16 * 1024)
+    monkeypatch.setattr(gateway.session, "SLOW_CLOSE_AFTER", 3600.0)  # lowered below
+    users = [f"u{i}" for i in range(1000)]
+    async with running() as live, live.stream(*users[:3]) as other:
+        await other.start()
+        sock = await stalled_stream(live, users)
+        try:
+            (stalled,) = [s for s in live.streams() if s.claims and s.claims.sub == "stalled"]
+            assert stalled.sink is not None
+            server_sock = stalled.sink.raw.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+            server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            toggler = Toggler(live.http, live.app)
+            for _ in range(20):
+                await toggler.flip(users)
+                for u in users[:3]:
+                    await other.presence(u)  # every flip reaches the other stream
+                if stalled.behind_since is not None:
+                    break
+            assert stalled.behind_since is not None, "the stalled stream never fell behind"
+            for _ in range(3):
+                await toggler.flip(users)
+                for u in users[:3]:
+                    await other.presence(u)
+            assert not stalled.closed and len(stalled.pending) == len(users)
+            monkeypatch.setattr(gateway.session, "SLOW_CLOSE_AFTER", 0.0)
+            await eventually(lambda: stalled.closed, "the stalled stream to be cut")
+            assert live.parts.hub.slow_closes == 1
+            await toggler.flip(users)
+            assert (await other.presence(users[0]))["v"] > 0, "the other stream still live"
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(10):  # what it had buffered, then the cut
+                with contextlib.suppress(ConnectionResetError):
+                    while await loop.sock_recv(sock, 65536):
+                        pass
+        finally:
+            sock.close()
+
+
+async def test_a_quiet_stream_is_not_dropped_as_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's idle sweep (for WebSockets that stop pinging) leaves streams alone: their
+    clients never send anything."""
+    monkeypatch.setattr(gateway.session, "IDLE_LIMIT", 0.2)
+    monkeypatch.setattr(gateway.session, "HEARTBEAT_MS", 150)
+    async with running() as live, live.stream("bob") as stream:
+        await stream.start()
+        for _ in range(6):  # about four idle limits
+            assert await stream.next(pings=True) == Event("comment", "ping")
+        await live.login("bob")
+        assert (await stream.presence("bob"))["status"] == "online"
