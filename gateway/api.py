@@ -19,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from gateway import tokens
 from gateway.errors import StoreUnavailable
 from gateway.model import UserState
+from gateway.webhooks import BodyTooLarge, read_body
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -153,3 +154,76 @@ async def readyz(request: Request, gw: Gateway) -> Response:
 async def metrics(request: Request, gw: Gateway) -> Response:
     """Prometheus text exposition."""
     return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+MAX_RECONCILE_BODY = 512 * 1024  # 1000 ids of 256 characters, JSON-escaped, fit well below
+
+
+class ReconcileRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/apps/{app}/reconcile`` body: the users to check (absent: every known user)."""
+
+    users: (
+        Annotated[list[UserId], msgspec.Meta(min_length=1, max_length=MAX_QUERY_USERS)] | None
+    ) = None
+
+
+class ReconcileQueued(msgspec.Struct):
+    """``POST /v1/apps/{app}/reconcile``: how many users are queued for a check."""
+
+    queued: int
+
+
+class ProviderPass(msgspec.Struct):
+    """One provider's last reconciliation pass (null ``last_pass_at``: none yet)."""
+
+    last_pass_at: int | None
+    checked: int
+    corrected: int
+    errors: int
+
+
+class ReconcileStatus(msgspec.Struct):
+    """``GET /v1/apps/{app}/reconcile``: the last pass of each reconciled provider."""
+
+    providers: dict[str, ProviderPass]
+
+
+_reconcile_decoder = msgspec.json.Decoder(ReconcileRequest)
+
+
+async def reconcile(request: Request, gw: Gateway) -> Response:
+    """POST: queue checks (202); GET: the last pass per provider (SPEC 6, 8)."""
+    app = gw.settings.apps.get(request.path_params["app"])
+    if app is None:
+        return error(404, "unknown app")
+    if not _bearer_ok(request, app.api_key):
+        return error(401, "missing or wrong api key")
+    reconciled = [w for w in gw.reconciler.by_app(app.id) if w.target.make_client is not None]
+    try:
+        if request.method == "GET":
+            found = await gw.reconciler.status(app.id)
+            return json_response(
+                ReconcileStatus(
+                    {
+                        name: ProviderPass(s.last_pass_at, s.checked, s.corrected, s.errors)
+                        for name, s in found.items()
+                    }
+                )
+            )
+        try:
+            body = await read_body(request, MAX_RECONCILE_BODY)
+        except BodyTooLarge:
+            return error(413, "body too large")
+        users: list[str] | None = None
+        if body.strip():
+            try:
+                given = _reconcile_decoder.decode(body).users
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                return error(400, f"bad body: {str(exc)[:160]}")
+            users = None if given is None else list(dict.fromkeys(given))
+        if not reconciled:
+            return error(409, "no provider of this app has a reconcile table")
+        queued = await gw.reconciler.queue(app.id, users)
+    except StoreUnavailable:
+        return error(503, "store unavailable")
+    return json_response(ReconcileQueued(queued), 202)

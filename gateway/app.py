@@ -30,6 +30,7 @@ from gateway.metrics import Metrics
 from gateway.outbound.service import Outbound
 from gateway.providers import PROVIDERS
 from gateway.providers.base import Provider
+from gateway.reconcile.scheduler import Reconciler, targets
 from gateway.session import Session
 from gateway.startup import startup_warnings
 
@@ -58,6 +59,25 @@ class Gateway:
             for app in settings.apps.values()
             for name, table in app.providers().items()
         }
+        # reconciliation and max_silence_s (SPEC 8, 2): a full pass after a feed loss too
+        self.reconciler = Reconciler(
+            targets({app.id: app.providers() for app in settings.apps.values()}),
+            self.store,
+            self.metrics,
+            watched=self._watched,
+            max_age_ms=settings.presence.max_event_age_s * 1000,
+        )
+        hub_reset = self.hub.on_reset
+
+        def on_reset() -> None:
+            hub_reset()
+            self.reconciler.request_full()
+
+        self.broker.set_handlers(self.hub.on_message, on_reset)
+
+    def _watched(self, app: str) -> list[str]:
+        """The users this node's clients watch in ``app`` (the reconciler's watched pass)."""
+        return [user for a, user in list(self.hub.index) if a == app]
 
     async def start(self) -> None:
         self.metrics.watch_gc()
@@ -67,8 +87,10 @@ class Gateway:
         grace = self.settings.presence.offline_grace_ms
         self._sweeper = asyncio.create_task(self._sweep(grace), name="grace-sweeper")
         await self.outbound.start()
+        await self.reconciler.start()
 
     async def stop(self) -> None:
+        await self.reconciler.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,6 +170,7 @@ def create_app(settings: Settings) -> WebSocketFront:
             gw.store,
             gw.metrics,
             timeout_s=settings.server.request_timeout_s,
+            reconciler=gw.reconciler,
         )
 
     async def index(request: Request) -> Response:
@@ -175,6 +198,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         Route(hook, webhook, methods=["POST"]),
         Route(hook + "/{rest:path}", webhook, methods=["POST"]),
         Route("/v1/apps/{app}/presence", bind(api.presence), methods=["GET"]),
+        Route("/v1/apps/{app}/reconcile", bind(api.reconcile), methods=["GET", "POST"]),
         Route("/v1/apps/{app}/sse", sse.Endpoint(settings.apps, gw.hub), methods=sse.METHODS),
         Route("/v1/apps/{app}/dev-token", bind(api.dev_token), methods=["GET"]),
         Route("/v1/apps/{app}/dev-webhook/{provider}", bind(devtools.webhook), methods=["POST"]),

@@ -48,6 +48,28 @@ class Metrics:
         self.feed_resets = Counter(
             "presence_feed_resets", "Times the pub/sub feed was lost and restored", registry=r
         )
+        # reconciliation (SPEC 8), counted on the node that ran the checks
+        self.reconcile_checks = Counter(
+            "presence_reconcile_checks", "Users answered by a pull API", ["provider"], registry=r
+        )
+        self.reconcile_corrections = Counter(
+            "presence_reconcile_corrections",
+            "Users whose shown presence a check corrected",
+            ["provider"],
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "presence_reconcile_errors",
+            "Failed pull-API calls (after retries), by kind",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.silence_expired = Counter(
+            "presence_silence_expired",
+            "Devices taken offline after max_silence_s without an event or a check",
+            ["provider"],
+            registry=r,
+        )
         self.webhook_seconds = Histogram(
             "presence_webhook_seconds",
             "Webhook handling time",

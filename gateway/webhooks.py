@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import weakref
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 from starlette.requests import ClientDisconnect, Request
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from gateway.backends.base import PresenceStore
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
+from gateway.model import PresenceEvent
 from gateway.providers.base import (
     Provider,
     Reply,
@@ -25,6 +27,10 @@ from gateway.providers.base import (
     WebhookRequest,
     parse_query,
 )
+from gateway.reconcile import rules
+
+if TYPE_CHECKING:
+    from gateway.reconcile.scheduler import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +121,21 @@ def _provider_metrics(metrics: Metrics, name: str) -> _ProviderMetrics:
     return found
 
 
+async def clear_checked(
+    store: PresenceStore, app_id: str, provider: str, events: list[PresenceEvent]
+) -> None:
+    """A real offline clears the devices the provider's checks put online (``rules.cleared``)."""
+    offline: dict[str, list[PresenceEvent]] = {}
+    for ev in events:
+        if not ev.online:
+            offline.setdefault(ev.user, []).append(ev)
+    clears: list[PresenceEvent] = []
+    for user, evs in offline.items():
+        clears += rules.cleared(await store.records(app_id, user), evs, provider)
+    if clears:
+        await store.apply(app_id, clears)
+
+
 async def handle(
     request: Request,
     app_id: str,
@@ -123,6 +144,7 @@ async def handle(
     metrics: Metrics,
     *,
     timeout_s: float = 10.0,
+    reconciler: Reconciler | None = None,
 ) -> Response:
     """Run one webhook through its provider and the store.
 
@@ -177,6 +199,8 @@ async def handle(
             except StoreUnavailable:
                 outcome = "unavailable"
                 log.warning("webhook %s/%s: store unavailable, answered 503", app_id, name)
+                if reconciler is not None:  # webhooks may be lost: check everyone (SPEC 8)
+                    reconciler.request_full(app_id)
                 return to_response(provider.error(503, "store unavailable, retry later"))
             if not fresh:
                 outcome = "rejected_401"
@@ -187,9 +211,13 @@ async def handle(
         if parsed.events:
             try:
                 result = await store.apply(app_id, parsed.events)
+                if getattr(provider.config, "reconcile", None) is not None:
+                    await clear_checked(store, app_id, name, parsed.events)
             except StoreUnavailable:
                 outcome = "unavailable"
                 log.warning("webhook %s/%s: store unavailable, answered 503", app_id, name)
+                if reconciler is not None:  # webhooks may be lost: check everyone (SPEC 8)
+                    reconciler.request_full(app_id)
                 return to_response(provider.error(503, "store unavailable, retry later"))
             if result.applied:
                 metrics.events_applied.inc(result.applied)

@@ -8,7 +8,7 @@ stored.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -42,7 +42,53 @@ MessageHandler = Callable[[str, str, bytes], Awaitable[None] | None]
 ResetHandler = Callable[[], Awaitable[None] | None]
 
 
-class PresenceStore(Protocol):
+class Coordination(Protocol):
+    """What the nodes sharing a store coordinate through (reconciliation, SPEC 8).
+
+    Names are short, brace-free strings chosen by the caller (``gateway.reconcile.lease``).
+    Every method raises ``StoreUnavailable`` when the store is down.
+    """
+
+    async def lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take the lease ``name`` for ``holder``, or renew it if ``holder`` has it, for
+        ``ttl_ms``. Contract: True when ``holder`` holds it now; across every node sharing the
+        store at most one holder at a time (until ``ttl_ms`` pass without a renewal)."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up if ``holder`` has it (another node may take it at once)."""
+        ...
+
+    async def put_note(self, name: str, value: bytes, ttl_ms: int) -> None:
+        """Store a small shared value for ``ttl_ms`` (replacing any)."""
+        ...
+
+    async def get_note(self, name: str) -> bytes | None:
+        """The value of ``name``, None when absent or expired."""
+        ...
+
+    async def take_note(self, name: str) -> bytes | None:
+        """Read and delete ``name`` atomically: of concurrent takers exactly one gets it."""
+        ...
+
+    async def push_work(self, name: str, items: Sequence[str], cap: int) -> int:
+        """Add ``items`` to the work set ``name`` (an item already queued stays once, in its
+        place); at most ``cap`` items are kept (the newest beyond it are dropped). Returns
+        how many of ``items`` are queued now."""
+        ...
+
+    async def pop_work(self, name: str, count: int) -> list[str]:
+        """Remove and return up to ``count`` items, oldest first; each to exactly one caller."""
+        ...
+
+    def scan_users(self, app: str, batch: int = 1000) -> AsyncIterator[list[str]]:
+        """Every user the store knows for ``app`` (device records or a last-seen kept), in
+        batches of about ``batch``; users added or dropped meanwhile may or may not appear,
+        one present throughout appears at least once."""
+        ...
+
+
+class PresenceStore(Coordination, Protocol):
     """The presence map. Every method raises ``StoreUnavailable`` when the store is down."""
 
     async def apply(

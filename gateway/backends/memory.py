@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from gateway.backends.base import (
     ApplyResult,
@@ -19,6 +19,7 @@ from gateway.backends.base import (
     ResetHandler,
 )
 from gateway.backends.claims import Claims
+from gateway.backends.coordination import MemoryCoordination
 from gateway.model import (
     MAX_MARKS,
     Anchor,
@@ -94,7 +95,7 @@ class MemoryBroker:
         self._subs.clear()
 
 
-class MemoryStore:
+class MemoryStore(MemoryCoordination):
     """The presence map as a dict; apply runs without awaiting, so it is atomic per call."""
 
     def __init__(self, settings: PresenceSettings, broker: MemoryBroker | None = None) -> None:
@@ -263,6 +264,17 @@ class MemoryStore:
 
     async def close(self) -> None:
         pass
+
+    async def scan_users(self, app: str, batch: int = 1000) -> AsyncIterator[list[str]]:
+        """The users of ``app`` not yet forgotten (reconciliation's full pass), in batches."""
+        now = clock_ms()
+        users = [
+            user
+            for (a, user), entry in self._users.items()
+            if a == app and (entry.expires is None or entry.expires >= now)
+        ]
+        for i in range(0, len(users), max(batch, 1)):
+            yield users[i : i + batch]
 
     _claims: Claims | None = None  # replay claims (claim_request), made on first use
 

@@ -77,6 +77,7 @@ from redis.exceptions import (
 
 from gateway.backends.base import ApplyResult, MessageHandler, PresenceSettings, ResetHandler
 from gateway.backends.memory import clock_ms
+from gateway.backends.redis_coordination import RedisCoordination
 from gateway.backends.redis_wire import Wire, bulk, command, redact
 from gateway.errors import StoreUnavailable
 from gateway.model import (
@@ -310,7 +311,7 @@ class _Queued(NamedTuple):
     future: asyncio.Future[list[list[Any]]]
 
 
-class RedisStore:
+class RedisStore(RedisCoordination):
     """The presence map in Redis (standalone or Cluster); see the module doc for the layout.
 
     Commands go over ``redis_wire`` lanes, not redis-py's pipelines: see that module's doc. The

@@ -40,10 +40,19 @@ class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Settings shared by every provider table (``[apps.<provider>]``)."""
 
     allowed_ips: list[str] = []  # CIDRs or plain addresses allowed to call; empty = any
+    # a device of this provider shown online with no event and no confirming check for this
+    # long goes offline (reason ``silence``); 0 = off (SPEC 2; gateway.reconcile.scheduler)
+    max_silence_s: Annotated[int, msgspec.Meta(ge=0, le=30 * 86_400)] = 0
 
     def validate(self) -> None:
         """Raise ``ValueError("key: reason")`` when a value is well typed but unusable."""
         parse_networks(self.allowed_ips)
+        reconcile = getattr(self, "reconcile", None)  # [apps.<provider>.reconcile], if any
+        if reconcile is not None:
+            try:
+                reconcile.validate()
+            except ValueError as exc:
+                raise ValueError(f"reconcile.{exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from gateway.providers.base import (
     query_value,
     same_secret,
 )
+from gateway.reconcile.config import OpenIMReconcile
 
 # command name -> (online, reason); both generations (v3.7+ "callbackAfter...").
 COMMANDS = {
@@ -57,6 +58,7 @@ class OpenIMConfig(ProviderConfig, kw_only=True):
     """``[apps.openim]``."""
 
     token: str = ""  # non-empty: must be the first path segment after /webhooks/openim
+    reconcile: OpenIMReconcile | None = None  # the pull API (SPEC 8)
 
     def validate(self) -> None:
         super().validate()

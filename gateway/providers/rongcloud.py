@@ -30,6 +30,7 @@ from gateway.providers.base import (
     json_encoder,
     same_secret,
 )
+from gateway.reconcile.config import RongCloudReconcile
 
 COMMAND = "online_status"
 WINDOW_S = 5 * 60  # signature timestamps further than this from now are refused
@@ -50,6 +51,7 @@ class RongCloudConfig(ProviderConfig, kw_only=True):
 
     app_key: str
     app_secret: str
+    reconcile: RongCloudReconcile | None = None  # the pull API (SPEC 8)
 
     def validate(self) -> None:
         super().validate()

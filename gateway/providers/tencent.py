@@ -29,6 +29,7 @@ from gateway.providers.base import (
     query_value,
     same_secret,
 )
+from gateway.reconcile.config import TencentReconcile
 
 COMMAND = "State.StateChange"
 _OK = Reply(200, json_encoder.encode({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}))
@@ -41,6 +42,7 @@ class TencentConfig(ProviderConfig, kw_only=True):
 
     sdkappid: int
     callback_token: str = ""  # non-empty: Sign and RequestTime are required
+    reconcile: TencentReconcile | None = None  # the pull API (SPEC 8)
 
     def validate(self) -> None:
         super().validate()
