@@ -15,7 +15,10 @@ export const CloseCode = Object.freeze({
   ORIGIN_NOT_ALLOWED: 4003,
   /** The client could not keep up: reconnect. */
   TOO_SLOW: 4008,
-  /** Message too large (64 KiB) or too many messages: reconnecting cannot help. */
+  /**
+   * Message too large (64 KiB) or too many messages: reconnecting cannot help. Before the
+   * welcome it means too many connections for this user: reconnect later (another may close).
+   */
   TOO_LARGE_OR_TOO_MANY: 4009,
 });
 
@@ -39,8 +42,10 @@ export const ClientErrorCode = Object.freeze({
   TOKEN: "token",
   /** 4003, fatal. */
   ORIGIN_NOT_ALLOWED: "origin_not_allowed",
-  /** 4009, fatal. */
+  /** 4009 after the welcome, fatal. */
   TOO_LARGE_OR_TOO_MANY: "too_large_or_too_many",
+  /** 4009 before the welcome: the user has too many connections; retrying at the longest backoff. */
+  TOO_MANY_CONNECTIONS: "too_many_connections",
   /** The URL cannot be opened, fatal. */
   BAD_URL: "bad_url",
   /** Several SSE streams in a row failed before opening (refused or unreachable); retrying with a new token. */

@@ -18,6 +18,7 @@ export const HANDSHAKE_TIMEOUT_MS = 15_000;
  * @typedef {object} EndInfo How a connection (or SSE stream) ended.
  * @property {boolean} opened the socket (or the last stream) opened: the transport itself works
  * @property {boolean} stayedUp it was open and authenticated for at least `resetAfterMs`
+ * @property {boolean} [welcomed] the server's `welcome` arrived on this connection
  * @property {number} [code] WebSocket close code
  * @property {string} [reason] close reason, or what this client gave up on
  * @property {unknown} [tokenError] the token function failed (nothing was opened)
@@ -141,14 +142,15 @@ export class WsConnection {
     this.#drop(CloseCode.NORMAL, "client closed");
   }
 
-  /** @param {Omit<EndInfo, "opened" | "stayedUp">} info @param {number} [closeCode] close the socket with it */
+  /** @param {Omit<EndInfo, "opened" | "stayedUp" | "welcomed">} info @param {number} [closeCode] close the socket with it */
   #end(info, closeCode) {
     if (this.#ended) return;
     this.#ended = true;
-    const stayedUp = this.#welcomed && Date.now() - this.#openedAt >= this.#host.backoff.resetAfterMs;
+    const welcomed = this.#welcomed;
+    const stayedUp = welcomed && Date.now() - this.#openedAt >= this.#host.backoff.resetAfterMs;
     const opened = this.#socketOpened;
     this.#drop(closeCode, info.reason);
-    this.#host.ended({ ...info, opened, stayedUp });
+    this.#host.ended({ ...info, opened, stayedUp, welcomed });
   }
 
   /** @param {number} [code] @param {string} [reason] */

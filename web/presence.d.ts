@@ -92,7 +92,8 @@ export interface PresenceErrorDetail {
    * watch set exceeds `max_watch`); `unauthorized` (4001, retrying); `token` (token function
    * failed, retrying); `sse_failed` (several SSE streams in a row failed to open, retrying with a
    * token asked for as `"rejected"`); `origin_not_allowed` (4003) and `too_large_or_too_many`
-   * (4009), both fatal; `bad_url` (fatal). `unavailable` is retried by the client itself.
+   * (4009 after the welcome), both fatal; `too_many_connections` (4009 before the welcome: the
+   * user has too many connections; retried at the longest backoff); `bad_url` (fatal). `unavailable` is retried by the client itself.
    */
   code: ServerErrorCode | ClientErrorCodeValue | (string & {});
   message: string;
@@ -186,6 +187,7 @@ export declare const ClientErrorCode: Readonly<{
   TOKEN: "token";
   ORIGIN_NOT_ALLOWED: "origin_not_allowed";
   TOO_LARGE_OR_TOO_MANY: "too_large_or_too_many";
+  TOO_MANY_CONNECTIONS: "too_many_connections";
   BAD_URL: "bad_url";
   SSE_FAILED: "sse_failed";
 }>;

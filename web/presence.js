@@ -10,7 +10,7 @@
 // WebSocket connection is in connection.js, the SSE stream in sse.js, subscriptions and states
 // in watchset.js, protocol codes in codes.js.
 
-import { ClientErrorCode } from "./codes.js";
+import { ClientErrorCode, CloseCode } from "./codes.js";
 import { classifyClose, DEFAULT_MAX_WATCH, messageOf, WsConnection } from "./connection.js";
 import { SseConnection, sseUrlFor } from "./sse.js";
 import { normalizeUsers, WatchSet } from "./watchset.js";
@@ -322,6 +322,20 @@ export class PresenceClient extends EventTarget {
       const { code, reason } = info;
       detail.code = code;
       const what = classifyClose(code);
+      if (code === CloseCode.TOO_LARGE_OR_TOO_MANY && !info.welcomed) {
+        // Refused after hello: this user has too many connections (SPEC 5, 4009). Another tab
+        // may close, so try again, but at the longest backoff.
+        this.#tokenReason = "reconnect";
+        this.#attempt = Math.max(this.#attempt, 30);
+        this.#emitError({
+          code: ClientErrorCode.TOO_MANY_CONNECTIONS,
+          message: `too many connections for this user (${code}${reason ? `: ${reason}` : ""}); retrying later`,
+          fatal: false,
+          closeCode: code,
+        });
+        this.#scheduleReconnect(detail);
+        return;
+      }
       if (what.fatal) {
         this.#fail(what.fatal, `server closed the connection (${code}${reason ? `: ${reason}` : ""})`, {
           closeCode: code,

@@ -372,3 +372,25 @@ test("close() closes the socket with 1000 and stops reconnecting", async (t) => 
   await tick(60_000);
   assert.equal(WS.instances.length, 1);
 });
+
+test("close 4009 before the welcome (too many connections) retries at the longest backoff", async (t) => {
+  const tick = useClock(t);
+  const WS = fakeWebSocket();
+  const tk = tokens();
+  const client = new PresenceClient({ url: URL_WS, token: tk.fn, transport: "websocket", WebSocket: WS });
+  t.after(() => client.close());
+  const errors = record(client, "error");
+  client.watch("bob", () => {});
+  client.connect();
+  await settle();
+  WS.last.open();
+  await settle();
+  WS.last.serverClose(4009, "too many connections for this user");
+  assert.equal(client.status, "reconnecting");
+  assert.deepEqual(
+    errors.map((e) => [e.code, e.fatal, e.closeCode]),
+    [["too_many_connections", false, 4009]],
+  );
+  await tick(31_000);
+  assert.equal(WS.instances.length, 2);
+});
