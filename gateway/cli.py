@@ -13,6 +13,7 @@ from gateway import config
 from gateway.errors import ConfigError
 
 log = logging.getLogger("gateway")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,15 +166,19 @@ def serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     try:
         settings = config.load(args.config, host=args.host)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     port = args.port if args.port is not None else int(os.environ.get("PORT", "8000"))
+    if args.workers != 1:
+        from gateway import workers
+
+        return workers.run(
+            settings, host=args.host, port=port, workers=args.workers, log_level=args.log_level
+        )
     uvicorn.run(
         create_app(settings),
         host=args.host,
