@@ -4,7 +4,7 @@ The JSON bodies of the server API are msgspec Structs (``gateway.api``, ``gatewa
 and their schemas come from ``msgspec.json.schema_components``, so the document cannot drift
 from what is sent. Webhook bodies belong to each provider and are described as generic
 bodies with their documented statuses. The WebSocket endpoint (SPEC section 5) is no HTTP
-operation and is not listed.
+operation and is not listed; the Server-Sent Events stream (section 10) is, with its refusals.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from gateway.api import (
 )
 from gateway.config import APP_ID_PATTERN
 from gateway.providers import PROVIDERS
+from gateway.sse import StreamError
 
 _REF = "#/components/schemas/{name}"
 _JSON = "application/json"
@@ -57,7 +58,7 @@ def _structs(types: list[type[msgspec.Struct]]) -> dict[str, type[msgspec.Struct
 
 def _components() -> tuple[dict[str, Any], dict[str, Any]]:
     """Response schemas by Struct name, and the components they refer to."""
-    replies: list[type[msgspec.Struct]] = [PresenceReply, TokenReply, ErrorReply]
+    replies: list[type[msgspec.Struct]] = [PresenceReply, TokenReply, ErrorReply, StreamError]
     refs, components = msgspec.json.schema_components(replies, ref_template=_REF)
     # A response always carries every field (no Struct here omits defaults), so every
     # property is required: the schema says what a client can rely on, not what it may send.
@@ -154,6 +155,48 @@ def _webhook_operation(with_rest: bool) -> dict[str, Any]:
     }
 
 
+_SSE_EVENTS = (
+    'An event stream: `retry: 2000`, then `event: snapshot` (data `{"presence":[...]}`), '
+    "then `event: presence` (data: one state) per change and `event: resync` (data "
+    '`{"presence":[...]}`) after a feed loss; a `: ping` comment every heartbeat_ms.'
+)
+
+
+def _sse_operations(error: dict[str, Any]) -> dict[str, Any]:
+    """GET (the stream) and OPTIONS (its CORS preflight) of SPEC section 10."""
+    return {
+        "get": {
+            "summary": "A Server-Sent Events stream of these users' states (SPEC section 10)",
+            "operationId": "sse",
+            "security": [{"clientToken": []}, {"clientTokenQuery": []}],
+            "parameters": [_APP, _user_query(max_items=MAX_QUERY_USERS)],
+            "responses": {
+                "200": {
+                    "description": _SSE_EVENTS,
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _json(error, "no user, a malformed one, or more than max_watch"),
+                "401": _json(error, "missing, bad or expired client token"),
+                "403": _json(error, "Origin not allowed, or watch_policy refuses a user"),
+                "404": _json(error, "unknown app"),
+                "405": _json(error, "another method than GET or OPTIONS"),
+                "429": _json(error, "the user has max_connections_per_user open"),
+                "503": _json(error, "the store is unavailable; retry"),
+            },
+        },
+        "options": {
+            "summary": "The CORS preflight of the stream",
+            "operationId": "ssePreflight",
+            "parameters": [_APP],
+            "responses": {
+                "204": {"description": "what a page of an allowed origin may send"},
+                "403": _json(error, "Origin not allowed"),
+                "404": _json(error, "unknown app"),
+            },
+        },
+    }
+
+
 # What the HTTP layer answers before any route runs (gateway.transport, uvicorn, the router),
 # in plain text, on every path: a request it cannot parse, headers (or a body) too slow or
 # too large, a path no route matches (a path segment out of its pattern), the connection
@@ -212,6 +255,7 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/apps/{app}/sse": _sse_operations(refs["StreamError"]),
         "/v1/apps/{app}/webhooks/{provider}": {"post": _webhook_operation(False)},
         "/v1/apps/{app}/webhooks/{provider}/{rest}": {"post": _webhook_operation(True)},
         "/healthz": {
@@ -259,7 +303,11 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer"},
+                "clientToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "clientTokenQuery": {"type": "apiKey", "in": "query", "name": "token"},
+            },
         },
     }
 

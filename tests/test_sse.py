@@ -131,7 +131,8 @@ async def open_stream(
     params: list[tuple[str, str]] | None = None,
 ) -> AsyncIterator[Stream]:
     """GET the app's SSE endpoint; the Stream (a refusal too: its body read)."""
-    query = [("user", u) for u in users] + (params or [])
+    query: list[tuple[str, str | int | float | bool | None]] = [("user", u) for u in users]
+    query += params or []
     head = dict(headers or {})
     if token is not None and in_query:
         query.append(("token", token))
