@@ -339,3 +339,101 @@ async def test_demo_screenshot(
     await page.emulate_media(color_scheme="dark")
     await page.screenshot(path=ARTIFACTS / "demo-dark.png", full_page=True, animations="disabled")
     assert (ARTIFACTS / "demo.png").stat().st_size > 10_000
+
+
+# -- Server-Sent Events (SPEC sections 7 and 10) ------------------------------------------
+
+# Installed before any page script: every WebSocket fails as a blocking proxy makes it fail
+# (an error and a 1006 close, never open); window.webSocketsTried counts the attempts.
+FAILING_WEBSOCKET = """
+(() => {
+  window.webSocketsTried = 0;
+  class FailingWebSocket extends EventTarget {
+    static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+    constructor(url) {
+      super();
+      window.webSocketsTried += 1;
+      this.url = String(url); this.readyState = 0; this.protocol = ""; this.extensions = "";
+      this.bufferedAmount = 0; this.binaryType = "blob";
+      this.onopen = null; this.onmessage = null; this.onerror = null; this.onclose = null;
+      setTimeout(() => {
+        this.readyState = 3;
+        const error = new Event("error");
+        this.onerror?.(error); this.dispatchEvent(error);
+        const close = new CloseEvent("close", { code: 1006, reason: "", wasClean: false });
+        this.onclose?.(close); this.dispatchEvent(close);
+      }, 20);
+    }
+    send() { throw new DOMException("not open", "InvalidStateError"); }
+    close() {}
+  }
+  window.WebSocket = FailingWebSocket;
+})();
+"""
+
+COUNTING_WEBSOCKET = """
+(() => {
+  window.webSocketsTried = 0;
+  const Real = window.WebSocket;
+  window.WebSocket = class extends Real {
+    constructor(...args) { super(...args); window.webSocketsTried += 1; }
+  };
+})();
+"""
+
+
+async def client_transport(page: Page) -> str | None:
+    """The transport of the page's PresenceClient right now."""
+    kind = await page.evaluate("() => globalThis.presenceTest.client.transport")
+    assert kind is None or isinstance(kind, str)
+    return kind
+
+
+async def test_dots_fall_back_to_sse_when_websockets_fail(
+    page: Page, gateway: GatewayProcess, http: httpx.AsyncClient
+) -> None:
+    """With every WebSocket failing, "auto" moves to SSE and a dot turns online within 1 s."""
+    await page.add_init_script(FAILING_WEBSOCKET)
+    await page.goto(gateway.url("/web/test-dots.html"))
+    bob = page.locator('presence-dot[user="bob"]').first
+    await expect(page.locator("#status")).to_have_text("open", timeout=WAIT_MS)
+    assert await client_transport(page) == "sse"
+    assert await page.evaluate("() => window.webSocketsTried") >= 2
+    await expect(bob).to_have_attribute("status", "offline", timeout=WAIT_MS)
+
+    await tencent(http, "bob", "Login", "iOS")
+    await expect(bob).to_have_attribute("status", "online", timeout=1_000)
+    await expect(bob).to_have_attribute("aria-label", "bob is online")
+    dave = page.locator('presence-dot[user="dave"]')  # created after usePresence()
+    await tencent(http, "dave", "Login", "Web")
+    await expect(dave).to_have_attribute("status", "online", timeout=1_000)
+    await tencent(http, "bob", "Disconnect", "iOS")
+    await expect(bob).to_have_attribute("status", "offline", timeout=1_000)
+    await expect(page.locator("#errors li")).to_have_count(0)
+
+
+async def test_sse_transport_survives_gateway_restart(
+    page: Page, gateway: GatewayProcess, http: httpx.AsyncClient
+) -> None:
+    """transport "sse": no WebSocket at all; after a gateway kill and restart the page streams
+    again, with the restarted gateway's fresh snapshot."""
+    await page.add_init_script(COUNTING_WEBSOCKET)
+    await page.goto(gateway.url("/web/test-dots.html?transport=sse"))
+    status = page.locator("#status")
+    carol = page.locator('presence-dot[user="carol"]')
+    await expect(status).to_have_text("open", timeout=WAIT_MS)
+    assert await client_transport(page) == "sse"
+    await tencent(http, "carol", "Login", "Web")
+    await expect(carol).to_have_attribute("status", "online", timeout=WAIT_MS)
+
+    await gateway.kill()
+    await expect(status).to_have_text("reconnecting", timeout=WAIT_MS)
+    await gateway.start()
+    await expect(status).to_have_text("open", timeout=15_000)
+    await expect(carol).to_have_attribute("status", "offline", timeout=WAIT_MS)
+    await expect(carol).to_have_attribute("aria-label", "carol was never seen")
+
+    await tencent(http, "carol", "Login", "Android")
+    await expect(carol).to_have_attribute("status", "online", timeout=WAIT_MS)
+    assert await client_transport(page) == "sse"
+    assert await page.evaluate("() => window.webSocketsTried") == 0
