@@ -44,6 +44,15 @@ before them may be treated approximately).
 At most ``max_devices_per_user`` records are kept (``evict``): the oldest offline go first,
 then the online with the oldest time.
 
+The user's *custom status* (SPEC 4) is a record of its own, independent of the devices: a
+``CustomRecord`` ``(time, text)``, ``text`` "" once cleared (shown as null). A custom event
+(a ``PresenceEvent`` whose ``custom`` is not None, see ``custom_event``; its device fields are
+unused) asserts ``(time, text)``; the record is the maximum of those seen (``merge_custom``):
+the later time wins, and on equal time the larger text in code point order (the UTF-8 byte
+order; "" the smallest, so a clear loses a tie to a text). A max is commutative, associative
+and idempotent, so any order of the same events ends in the same custom. Device events never
+touch it; it lives as long as the user's state does (the user's last-seen retention).
+
 The Redis backend runs the same rules in Lua (``backends/lua/apply.lua``); the store contract
 and property tests check that both agree.
 """
@@ -92,10 +101,11 @@ def normalize_platform(name: str) -> str:
 
 
 class PresenceEvent(msgspec.Struct, frozen=True):
-    """One device going online or offline, as a provider reported it.
+    """One device going online or offline, as a provider reported it; or, when ``custom`` is
+    not None, the user's custom status set (``custom_event``; "" clears it).
 
     ``device`` is the provider's device key (platform, session id, connection id). It is
-    private: it never reaches a watcher.
+    private: it never reaches a watcher. A custom event leaves the device fields empty.
     """
 
     user: str
@@ -104,6 +114,34 @@ class PresenceEvent(msgspec.Struct, frozen=True):
     online: bool
     time: int  # provider event time, ms since the epoch
     reason: str = ""
+    custom: str | None = None  # not None: a custom status event (the device fields unused)
+
+
+MAX_CUSTOM_BYTES = 100
+"""The longest custom status text, in UTF-8 bytes (SPEC 4)."""
+
+CustomRecord = tuple[int, str]
+"""A user's custom status: the winning ``(time, text)``; text "" once cleared."""
+
+
+def custom_event(user: str, text: str | None, time: int) -> PresenceEvent:
+    """The event that sets ``user``'s custom status to ``text`` at ``time`` (None or "" clears)."""
+    return PresenceEvent(user, "", "", False, time, custom=text or "")
+
+
+def custom_too_long(text: str) -> bool:
+    """Whether ``text`` is over ``MAX_CUSTOM_BYTES`` (or not encodable as UTF-8 at all)."""
+    try:
+        return len(text.encode("utf-8")) > MAX_CUSTOM_BYTES
+    except UnicodeEncodeError:  # a lone surrogate
+        return True
+
+
+def merge_custom(current: CustomRecord | None, incoming: CustomRecord) -> CustomRecord:
+    """The custom record after ``incoming``: the max by (time, text); ``current`` if it wins."""
+    if current is not None and current >= incoming:
+        return current
+    return incoming
 
 
 MAX_MARKS = 32
@@ -182,10 +220,11 @@ class UserState(msgspec.Struct, frozen=True):
     since: int | None = None
     devices: list[DeviceView] = []
     v: int = 0
+    custom: str | None = None  # last so positional (user, status, since, devices, v) still fit
 
-    def visible(self) -> tuple[str, int | None, tuple[DeviceView, ...]]:
+    def visible(self) -> tuple[str, int | None, tuple[DeviceView, ...], str | None]:
         """The part of the state whose change is worth publishing (everything but ``v``)."""
-        return (self.status, self.since, tuple(self.devices))
+        return (self.status, self.since, tuple(self.devices), self.custom)
 
 
 def _union(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:

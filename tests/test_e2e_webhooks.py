@@ -117,7 +117,14 @@ async def test_tencent_webhook_shows_in_query_api(live: tuple[LiveGateway, Setti
         (bob, carol) = await query(client, app, "bob", "carol")
         assert bob["status"] == "online" and bob["devices"][0]["platform"] == "ios"
         assert bob["v"] > 0
-        assert carol == {"user": "carol", "status": "offline", "since": None, "devices": [], "v": 0}
+        assert carol == {
+            "user": "carol",
+            "status": "offline",
+            "since": None,
+            "devices": [],
+            "v": 0,
+            "custom": None,
+        }
         r = await tencent(client, app.id, "bob", "Disconnect", "IOS")
         assert r.status_code == 200
         (bob,) = await query(client, app, "bob")

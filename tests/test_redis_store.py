@@ -129,7 +129,7 @@ async def test_record_layout(store: RedisStore, raw: Redis) -> None:
     assert fields[b"v"] == b"%d" % NOW
     assert fields[b"s"] == (
         b'{"user":"bob","status":"online","since":%d,' % NOW
-        + b'"devices":[{"platform":"ios","since":%d}],"v":%d}' % (NOW, NOW)
+        + b'"devices":[{"platform":"ios","since":%d}],"v":%d,"custom":null}' % (NOW, NOW)
     )
     assert result.published[0].v == NOW
 

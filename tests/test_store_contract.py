@@ -305,7 +305,7 @@ async def test_offline_then_online_starts_a_new_streak(store: PresenceStore) -> 
     for user, events in zip(users, [history, history[::-1]], strict=True):
         for ev in events:
             await store.apply(app, [msgspec.structs.replace(ev, user=user)], now_ms=NOW)
-    want = ("online", NOW - 2 * MIN, (DeviceView("ios", NOW - 2 * MIN),))
+    want = ("online", NOW - 2 * MIN, (DeviceView("ios", NOW - 2 * MIN),), None)
     assert [s.visible() for s in await store.get(app, users)] == [want, want]
 
 

@@ -21,7 +21,17 @@ from hypothesis import strategies as st
 from gateway.backends.base import ApplyResult, PresenceSettings, PresenceStore
 from gateway.backends.memory import MemoryStore
 from gateway.backends.redis import RedisStore
-from gateway.model import MAX_MARKS, DeviceRecord, PresenceEvent, aggregate, merge, record_of
+from gateway.model import (
+    MAX_MARKS,
+    CustomRecord,
+    DeviceRecord,
+    PresenceEvent,
+    aggregate,
+    custom_event,
+    merge,
+    merge_custom,
+    record_of,
+)
 from tests.conftest import Backend, backend_url
 from tests.test_model import oracle_since
 
@@ -48,6 +58,16 @@ def events(
     )
 
 
+def customs(times: st.SearchStrategy[int], users: int = 3) -> st.SearchStrategy[PresenceEvent]:
+    """Custom status events: a few texts (ties between them at one time are common), clears."""
+    return st.builds(
+        custom_event,
+        user=st.sampled_from(["ann", "c{d}/e", "bob"][:users]),
+        text=st.sampled_from(["", "Lunch", "In a meeting", "é", 'a"/\\']) | st.none(),
+        time=times,
+    )
+
+
 # Streaks: one device, mostly onlines (OpenIM's re-sends, Tencent's Login with no Disconnect)
 # with offlines among them, so offlines often arrive after later onlines.
 STREAKS = st.lists(
@@ -62,7 +82,14 @@ STREAKS = st.lists(
     min_size=2,
     max_size=16,
 )
-HISTORIES = st.lists(events(st.integers(NOW - 4, NOW + 4)), min_size=1, max_size=16) | STREAKS
+HISTORIES = (
+    st.lists(
+        events(st.integers(NOW - 4, NOW + 4)) | customs(st.integers(NOW - 4, NOW + 4)),
+        min_size=1,
+        max_size=16,
+    )
+    | STREAKS
+)
 
 
 def final_records(history: Sequence[PresenceEvent]) -> dict[str, dict[str, DeviceRecord]]:
@@ -70,8 +97,23 @@ def final_records(history: Sequence[PresenceEvent]) -> dict[str, dict[str, Devic
     out: dict[str, dict[str, DeviceRecord]] = {}
     for ev in history:
         records = out.setdefault(ev.user, {})
-        records[ev.device] = merge(records.get(ev.device), record_of(ev))
+        if ev.custom is None:
+            records[ev.device] = merge(records.get(ev.device), record_of(ev))
     return out
+
+
+def final_custom(history: Sequence[PresenceEvent], user: str) -> str | None:
+    """The custom status the pure model gives ``user``: the max of its custom events."""
+    custom: CustomRecord | None = None
+    for ev in history:
+        if ev.user == user and ev.custom is not None:
+            custom = merge_custom(custom, (ev.time, ev.custom))
+    return custom[1] or None if custom is not None else None
+
+
+def devices_of(history: Sequence[PresenceEvent], user: str) -> list[PresenceEvent]:
+    """``user``'s device events (the custom events left out)."""
+    return [ev for ev in history if ev.user == user and ev.custom is None]
 
 
 class Replayer:
@@ -116,7 +158,8 @@ def batches(data: st.DataObject, items: list[PresenceEvent]) -> list[list[Presen
 async def test_any_order_and_duplication_same_outcome(
     store: PresenceStore, data: st.DataObject
 ) -> None:
-    """A shuffled, duplicated, re-batched history ends in the same records and visible state."""
+    """A shuffled, duplicated, re-batched history (custom events among the device events) ends
+    in the same records and visible state, custom included."""
     history = data.draw(HISTORIES)
     in_order, mixed = Replayer(store), Replayer(store)
     for ev in history:
@@ -129,13 +172,13 @@ async def test_any_order_and_duplication_same_outcome(
     for user, records in expected.items():
         assert await store.records(in_order.app, user) == records
         assert await store.records(mixed.app, user) == records
-        want = aggregate(user, records.values()).visible()
+        shown = aggregate(user, records.values())
+        want = msgspec.structs.replace(shown, custom=final_custom(history, user)).visible()
         [a] = await store.get(in_order.app, [user])
         [b] = await store.get(mixed.app, [user])
         assert a.visible() == b.visible() == want
-        assert (a.status == "online", a.since) == oracle_since(
-            [ev for ev in history if ev.user == user], 0
-        )
+        if devices_of(history, user):
+            assert (a.status == "online", a.since) == oracle_since(devices_of(history, user), 0)
 
 
 @EXAMPLES
@@ -143,8 +186,9 @@ async def test_any_order_and_duplication_same_outcome(
 async def test_replayed_old_online_never_resurrects(
     store: PresenceStore, data: st.DataObject
 ) -> None:
-    """After a device's offline, an older online never brings it back: replays change nothing,
-    and new older onlines change neither status nor platforms (only history, maybe since)."""
+    """After a device's offline, an older online never brings it back: replays (custom events
+    included) change nothing, and new older onlines change neither status nor platforms (only
+    history, maybe since)."""
     history = data.draw(HISTORIES)
     replayer = Replayer(store)
     await replayer.apply(history)
@@ -159,11 +203,13 @@ async def test_replayed_old_online_never_resurrects(
     if not replay:
         return
     states = await store.get(replayer.app, list(before))
-    resent = [ev for ev in history if ev.online]
+    resent = [ev for ev in history if ev.online or ev.custom is not None]
     result = await replayer.apply(data.draw(st.permutations(resent)))
     assert (result.applied, result.published) == (0, [])
     result = await replayer.apply(data.draw(st.permutations(replay)))
     for state, (user, records) in zip(states, before.items(), strict=True):
+        if not records:
+            continue  # custom events only
         after = await store.records(replayer.app, user)
         assert {d: r.rank() for d, r in after.items()} == {d: r.rank() for d, r in records.items()}
         [now] = await store.get(replayer.app, [user])
@@ -261,14 +307,17 @@ def by_user(result: ApplyResult) -> ApplyResult:
 @settings(EXAMPLES, max_examples=100)
 @given(data=st.data())
 async def test_memory_and_redis_agree(redis_store: RedisStore, data: st.DataObject) -> None:
-    """Memory and Redis agree on every result: windows, pruning and offline grace included."""
+    """Memory and Redis agree on every result: windows, pruning, offline grace and custom
+    status events among the device events included."""
     # A prefix per example: the grace index is per prefix, and must hold this example only.
     fresh = RedisStore(redis_store.client, settings=WINDOWS, prefix=f"p{uuid.uuid4().hex[:10]}")
     memory, redis = Replayer(MemoryStore(WINDOWS)), Replayer(fresh)
     # The clock moves forward in steps around the grace; each batch's event times are whole
     # seconds around its now (ties are common), some outside the window.
     step = st.sampled_from([0, 1, 700, 1499, 1500, 2500])
-    templates = st.lists(events(st.integers(-4, 2), 2, 3), min_size=1, max_size=4)
+    templates = st.lists(
+        events(st.integers(-4, 2), 2, 3) | customs(st.integers(-4, 2), 2), min_size=1, max_size=4
+    )
     plan = data.draw(st.lists(st.tuples(step, templates, st.none() | step), max_size=12))
     history: list[PresenceEvent] = []
     now = NOW

@@ -143,7 +143,14 @@ async def test_watch_snapshot_includes_unknown_users(live: Live) -> None:
     bob, carol = snapshot["presence"]
     assert bob["user"] == "bob" and bob["status"] == "online" and bob["v"] > 0
     assert bob["devices"] == [{"platform": "ios", "since": bob["since"]}]
-    assert carol == {"user": "carol", "status": "offline", "since": None, "devices": [], "v": 0}
+    assert carol == {
+        "user": "carol",
+        "status": "offline",
+        "since": None,
+        "devices": [],
+        "v": 0,
+        "custom": None,
+    }
     assert [bob] == await query(live.http, live.app, "bob")
 
 

@@ -12,6 +12,8 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Sequence
 
+import msgspec
+
 from gateway.backends.base import (
     ApplyResult,
     MessageHandler,
@@ -23,6 +25,7 @@ from gateway.backends.coordination import MemoryCoordination
 from gateway.model import (
     MAX_MARKS,
     Anchor,
+    CustomRecord,
     DeviceRecord,
     PresenceEvent,
     UserState,
@@ -31,6 +34,7 @@ from gateway.model import (
     evict,
     is_fresh,
     merge,
+    merge_custom,
     next_version,
     prune,
     record_of,
@@ -51,11 +55,12 @@ FORGET_PER_SWEEP = 10_000  # and a sweep: bounds one call's pause of the event l
 
 
 class _User:
-    __slots__ = ("anchors", "expires", "grace_until", "queued", "records", "state")
+    __slots__ = ("anchors", "custom", "expires", "grace_until", "queued", "records", "state")
 
     def __init__(self, user: str) -> None:
         self.records: dict[str, DeviceRecord] = {}
         self.anchors: dict[str | None, Anchor] = {}  # the compacted history (model.compact)
+        self.custom: CustomRecord | None = None  # the custom status (model.merge_custom)
         self.state = UserState(user)
         self.grace_until: int | None = None  # an offline waiting out offline_grace_ms
         self.expires: int | None = None  # all offline: forgotten once the clock passes this
@@ -118,6 +123,7 @@ class MemoryStore(MemoryCoordination):
         max_devices = self.settings.max_devices_per_user
         floor = now - max_age
         folded: dict[str, list[tuple[str, int, int]]] = {}  # intervals trimmed while merging
+        moved: set[str] = set()  # the users whose device records changed
         for ev in events:
             if not is_fresh(ev.time, now, max_age, skew):
                 result.ignored += 1
@@ -127,6 +133,15 @@ class MemoryStore(MemoryCoordination):
                 entry = None  # expired (Redis: the key is gone), not yet swept
             if entry is None:
                 entry = self._users[(app, ev.user)] = _User(ev.user)
+            if ev.custom is not None:  # the custom status: its own record (model.merge_custom)
+                custom = merge_custom(entry.custom, (ev.time, ev.custom))
+                if custom is entry.custom:
+                    result.ignored += 1
+                    continue
+                entry.custom = custom
+                result.applied += 1
+                touched[ev.user] = entry
+                continue
             current = entry.records.get(ev.device)
             merged = merge(current, record_of(ev))
             if merged is current:
@@ -143,8 +158,15 @@ class MemoryStore(MemoryCoordination):
                     del entry.records[device]
             result.applied += 1
             touched[ev.user] = entry
+            moved.add(ev.user)
         grace = self.settings.offline_grace_ms
         for user, entry in touched.items():
+            was_online = entry.state.status == "online"
+            if user not in moved:  # only the custom changed: the devices shown stay as they are
+                if self._publish(entry, entry.state, now):
+                    result.published.append(entry.state)
+                    self._enqueue(app, was_online, entry.state, now)
+                continue
             for device in evict(entry.records, max_devices):
                 del entry.records[device]
             entry.records = prune(entry.records, now, retention)
@@ -157,12 +179,11 @@ class MemoryStore(MemoryCoordination):
                 if entry.grace_until is None:
                     entry.grace_until = now + grace
                     heapq.heappush(self._due, (entry.grace_until, app, user))
-                continue
-            if entry.grace_until is not None:
+                fresh = entry.state  # the offline waits; a custom change shows at once
+            elif entry.grace_until is not None:
                 entry.grace_until = None
                 if _platforms(fresh) == _platforms(entry.state):
-                    continue  # back on the same platforms within the grace: nothing to show
-            was_online = entry.state.status == "online"
+                    fresh = entry.state  # back on the same platforms within the grace
             if self._publish(entry, fresh, now):
                 result.published.append(entry.state)
                 self._enqueue(app, was_online, entry.state, now)
@@ -215,11 +236,13 @@ class MemoryStore(MemoryCoordination):
         return len(self._users)
 
     def _publish(self, entry: _User, fresh: UserState, now: int) -> bool:
-        """Store ``fresh`` as the published state if watchers would see a change."""
-        if fresh.visible() == entry.state.visible():
+        """Store ``fresh``'s devices part with the user's custom status as the published state,
+        if watchers would see a change."""
+        custom = entry.custom[1] or None if entry.custom is not None else None
+        state = UserState(fresh.user, fresh.status, fresh.since, fresh.devices, 0, custom)
+        if state.visible() == entry.state.visible():
             return False
-        v = next_version(entry.state.v, now)
-        entry.state = UserState(fresh.user, fresh.status, fresh.since, fresh.devices, v)
+        entry.state = msgspec.structs.replace(state, v=next_version(entry.state.v, now))
         return True
 
     def _enqueue(self, app: str, was_online: bool, state: UserState, now: int) -> None:

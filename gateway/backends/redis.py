@@ -10,6 +10,8 @@ key and channel always share a slot)::
                                   of the compacted history, "<start>,<end>" (``model.compact``)
                                s -> the last published state (JSON)   v -> its version
                                g -> while an offline waits out the grace: when it ends (ms)
+                               c -> the custom status, "<time>,<text as JSON>" (the winner
+                                  by time, then text; ``model.merge_custom``; "" cleared)
     <prefix>:c:{<tag>}   shard channel: every state published for the user (SPUBLISH)
 
     <prefix>:grace       sorted set  <tag> -> when the user's offline grace ends (ms)
@@ -274,7 +276,15 @@ SCRIPTS = (APPLY, GET, GRACE_DONE)
 MAX_USERS_PER_CALL = 100
 """Users in one script call: bounds how long one call holds Redis (~30 µs a user)."""
 
-_ONLINE, _OFFLINE = bulk(b"1"), bulk(b"0")
+_ONLINE, _OFFLINE, _CUSTOM = bulk(b"1"), bulk(b"0"), bulk(b"c")
+
+
+def _custom_args(text: str, time: int) -> bytes:
+    """A custom status event's 4 values for apply.lua."""
+    raw = text.encode()
+    return bulk(raw) + bulk(b"%d" % time) + _CUSTOM + bulk(_json.encode(text))
+
+
 _PING = command(b"PING")
 _platforms: dict[str, bytes] = {}  # platform -> its bulk string; few distinct ones
 
@@ -588,6 +598,9 @@ class RedisStore(RedisCoordination):
                 )
                 events += len(evs)
                 for ev in evs:
+                    if ev.custom is not None:  # apply.lua: text, time, "c", the text as JSON
+                        argv.append(_custom_args(ev.custom, ev.time))
+                        continue
                     device, time = ev.device.encode(), b"%d" % ev.time
                     platform = _platforms.get(ev.platform) or _platform(ev.platform)
                     argv.append(

@@ -27,6 +27,8 @@
 --            v           its version
 --            p           its online platforms, JSON strings joined by ","
 --            g           while an offline waits out the grace: when the grace ends (ms)
+--            c           the user's custom status (model.CustomRecord): "<time>,<text as JSON>",
+--                        the winner by (time, text in byte order); the text "" once cleared
 -- KEYS[2i+1]  user i's shard channel. Not a key: declared because it carries the same hash
 --            tag, so cluster routing and the script's slot check cover the SPUBLISH too.
 -- KEYS[2n+2..] after the n users' pairs, per app of the call with webhooks out (SPEC 9): its
@@ -47,7 +49,10 @@
 --           "<k>,<maxlen>,<types>,<group>;<group>...": KEYS[k] the app's stream, KEYS[k+1]
 --           its group set, types the letters of the wanted types (n online, f offline,
 --           u updated); n, its number of events (0 to sweep); then
---           its n events, 4 values each, in arrival order: device, time, online (1|0), platform
+--           its n events, 4 values each, in arrival order: device, time, online (1|0), platform;
+--           or, for a custom status event (model.custom_event): text, time, "c", the text as a
+--           JSON string literal (msgspec's bytes; "" clears). The state shows it as "custom"
+--           (null when cleared) after "v", as msgspec orders model.UserState.
 --
 -- Returns 4 values per user, in KEYS order: applied, ignored, state, grace_end. state is the
 -- published JSON or nil; grace_end is set while the user's offline waits out the grace (its
@@ -487,18 +492,41 @@ local function store_anchors(old, anchors, fields, gone)
   end
 end
 
--- The state to publish from ``head`` (a state up to "v"), if it differs from the published
--- one: the JSON and the fields that store it, else false.
-local function next_state(old, user_json, head, platforms)
+-- The custom record stored in field c: { t, json }, or nil.
+local function parse_custom(raw)
+  local t, json = string.match(raw or "", "^(%d+),(.*)$")
+  if t == nil then
+    return nil
+  end
+  return { t = tonumber(t), json = json }
+end
+
+-- How the state shows a custom record: its JSON, or null (none, or cleared).
+local function shown_custom(c)
+  if c == nil or c.json == '""' then
+    return "null"
+  end
+  return c.json
+end
+
+-- The state to publish from ``head`` (a state up to "v"; nil: the devices part as published)
+-- and ``custom`` (as shown_custom gives it), if it differs from the published one: the JSON
+-- and the fields that store it, else false. ",\"v\":" occurs once in a state: inside a JSON
+-- string every quote follows a backslash.
+local function next_state(old, user_json, head, platforms, custom)
   local previous = old.s
   if previous == nil then
     previous = '{"user":' .. user_json .. ',"status":"offline","since":null,"devices":[],"v":0}'
   end
-  if string.sub(previous, 1, #head) == head then
+  local at = string.find(previous, ',"v":', 1, true)
+  local shown = string.sub(previous, 1, at + 4)
+  head = head or shown
+  if head == shown
+    and custom == (string.match(previous, '^%d+,"custom":(.*)}$', at + 5) or "null") then
     return false
   end
   local v = string.format("%d", math.max(old.v + 1, now)) -- model.next_version
-  local state = head .. v .. "}"
+  local state = head .. v .. ',"custom":' .. custom .. "}"
   return state, { "s", state, "v", v, "p", platforms }
 end
 
@@ -563,7 +591,8 @@ local function sweep(key, channel, user_json, tag)
   redis.call("HDEL", key, "g")
   redis.call("ZREM", index, tag)
   local head, platforms = aggregate(records, user_json, parse_anchors(old))
-  local state, fields = next_state(old, user_json, head, platforms)
+  local state, fields = next_state(old, user_json, head, platforms,
+    shown_custom(parse_custom(old.c)))
   if state then
     hset(key, fields)
     redis.call("SPUBLISH", channel, state)
@@ -586,10 +615,22 @@ local function apply(key, channel, user_json, first, last, tag)
     count = count + 1
   end
   local floor = now - max_age
+  local custom, custom_text = parse_custom(old.c), nil -- custom_text: custom's, once decoded
+  local device_applied = 0
   for i = first, last, 4 do
     local device, t = ARGV[i], tonumber(ARGV[i + 1])
     if t < floor or t > now + future_skew then
       ignored = ignored + 1
+    elseif ARGV[i + 2] == "c" then -- model.merge_custom: the later time, then the larger text
+      if custom ~= nil and custom_text == nil then
+        custom_text = cjson.decode(custom.json)
+      end
+      if custom == nil or t > custom.t or (t == custom.t and str_lt(custom_text, device)) then
+        custom, custom_text = { t = t, json = ARGV[i + 3], new = true }, device
+        applied = applied + 1
+      else
+        ignored = ignored + 1
+      end
     else
       local current = records[device]
       local rec, changed = merge(current, t, ARGV[i + 2] == "1", ARGV[i + 3])
@@ -597,9 +638,14 @@ local function apply(key, channel, user_json, first, last, tag)
         ignored = ignored + 1
       else
         applied = applied + 1
+        device_applied = device_applied + 1
         dirty[device] = true
         if #rec.ons + #rec.offs > 2 * cap then
+          local from = #ended
           trim(rec, floor, ended)
+          for k = from + 1, #ended do
+            ended[k][3] = rec.p
+          end
         end
         if current == nil then
           records[device] = rec
@@ -617,6 +663,32 @@ local function apply(key, channel, user_json, first, last, tag)
     end
     return 0, ignored, false, old.g or false
   end
+  local fields = {}
+  if custom ~= nil and custom.new then
+    fields[1], fields[2] = "c", fmt(custom.t) .. "," .. custom.json
+  end
+  local shown = shown_custom(custom)
+  if device_applied == 0 then
+    -- Only the custom changed: the devices part stays as published (an offline waiting out
+    -- the grace included), the records and the key's lifetime as they are (a key without
+    -- records, new or not, lives last_seen_retention from now, as MemoryStore's user does).
+    local state, published = next_state(old, user_json, nil, old.p, shown)
+    for _, value in ipairs(published or {}) do
+      fields[#fields + 1] = value
+    end
+    hset(key, fields)
+    if next(records) == nil then
+      redis.call("PEXPIRE", key, fmt(math.max(1, last_seen_retention)))
+    end
+    if old.g ~= nil then
+      redis.call("ZADD", index, old.g, tag)
+    end
+    if state then
+      redis.call("SPUBLISH", channel, state)
+      enqueue(old.p, old.p, state)
+    end
+    return applied, ignored, state, old.g or false
+  end
 
   evict(records, max_devices, dirty, stored, gone) -- model.evict
 
@@ -631,7 +703,6 @@ local function apply(key, channel, user_json, first, last, tag)
       end
     end
   end
-  local fields = {}
   -- Compact the history below the floor (model.compact); fields a and a:<platform> hold the
   -- anchors.
   local anchors, moved = compact(records, parse_anchors(old), floor, ended, dirty)
@@ -656,17 +727,20 @@ local function apply(key, channel, user_json, first, last, tag)
       fields[#fields + 1] = fmt(grace_end)
     end
     redis.call("ZADD", index, grace_end, tag) -- the mark and its entry, in one atomic step
+    state, published = next_state(old, user_json, nil, old.p, shown) -- a custom shows at once
   else
     if old.g ~= nil then
       gone[#gone + 1] = "g"
       redis.call("ZREM", index, tag)
     end
     if old.g == nil or platforms ~= old.p then
-      state, published = next_state(old, user_json, head, platforms)
-      for _, value in ipairs(published or {}) do
-        fields[#fields + 1] = value
-      end
+      state, published = next_state(old, user_json, head, platforms, shown)
+    else -- back on the same platforms within the grace: only a custom change shows
+      state, published = next_state(old, user_json, nil, old.p, shown)
     end
+  end
+  for _, value in ipairs(published or {}) do
+    fields[#fields + 1] = value
   end
 
   -- Write it all, then the key's lifetime: kept while a device is online; once all are
@@ -690,7 +764,7 @@ local function apply(key, channel, user_json, first, last, tag)
   end
   if state then
     redis.call("SPUBLISH", channel, state)
-    enqueue(old.p, platforms, state)
+    enqueue(old.p, published[6], state) -- published[6]: the platforms of the state published
   end
   return applied, ignored, state, grace_end
 end
