@@ -125,7 +125,7 @@ def config_text(
     app: str = "nodes",
     events: str = '["user.online", "user.offline", "user.updated"]',
     schedule: str = "[0.1, 0.2]",
-    timeout_s: float = 0.5,
+    timeout_s: float = 3.0,
     max_queue: int = 100_000,
 ) -> str:
     """A gateway config with one app, Tencent in, and ``urls`` as its webhooks out."""

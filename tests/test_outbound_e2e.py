@@ -84,7 +84,8 @@ async def test_stalled_endpoint_times_out_and_retries(
     """A receiver that never answers is timed out (timeout_s) and the message retried."""
     async with receiving() as rx:
         rx.answers = [STALL]
-        async with nodes(tmp_path, 1, config_text([rx.url], redis_url=backend_url)) as [node]:
+        text = config_text([rx.url], redis_url=backend_url, timeout_s=0.5)
+        async with nodes(tmp_path, 1, text) as [node]:
             user = unique("dan")
             await tencent(node, user, "Login")
             hits = await rx.wait(lambda hits: len(rx.delivered(user)) >= 1)

@@ -425,6 +425,8 @@ class RedisStore(RedisCoordination):
                     hints[slot] = min(grace_end, hints.get(slot, grace_end))
         if hints:
             await self._hint(hints)
+        if self.webhooks and self._cluster:
+            await self._hint_webhooks(users, replies)
         return result
 
     async def sweep(self, now_ms: int | None = None) -> int:
@@ -656,6 +658,25 @@ class RedisStore(RedisCoordination):
             arg = streams[app] = b"%d,%b" % (k, spec)
         return arg
 
+    async def _hint_webhooks(self, users: Sequence[_User], replies: Sequence[list[Any]]) -> None:
+        """Cluster, best-effort: hint the slots whose webhook streams got entries (see
+        gateway/outbound/redis.py); a lost hint waits for the workers' full pass."""
+        hints: dict[bytes, set[bytes]] = {}
+        for (_, tag, _, _), reply in zip(users, replies, strict=True):
+            app = tag.partition("/")[0]
+            if reply[2] is not None and app in self.webhooks:
+                slot = key_slot(tag.encode())
+                key = outbound_keys.hint_key(self.prefix, app, outbound_keys.bucket_of(slot))
+                hints.setdefault(key, set()).add(b"%d" % slot)
+        if not hints:
+            return
+        try:
+            with unavailable("webhook hint"):
+                calls = [(await self._node(k), command(b"SADD", k, *v)) for k, v in hints.items()]
+                await self._run_calls(calls)
+        except StoreUnavailable as exc:
+            log.warning("webhook hint not written; the full pass will find it: %s", exc)
+
     async def _sweep_indexes(
         self, now: int, indexes: Sequence[tuple[str, bytes]], *, legacy: bool = False
     ) -> int:
@@ -708,6 +729,8 @@ class RedisStore(RedisCoordination):
             if users:
                 replies = await self._run_users(b"sweep", users)
                 published += sum(state is not None for _, _, state, _ in replies)
+                if self.webhooks and self._cluster:
+                    await self._hint_webhooks(users, replies)
             if cleanup:
                 await self._run_calls(cleanup)
             todo = more

@@ -44,6 +44,12 @@ class MemoryQueue:
     async def done(self, message: Message) -> None:
         pass  # taken off the queue already
 
+    def owns(self, message: Message) -> bool:
+        return True  # one process: nobody else delivers
+
+    def forget(self, message: Message) -> None:
+        pass
+
     async def depth(self) -> int:
         return len(self._items)
 

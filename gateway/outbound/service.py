@@ -36,19 +36,12 @@ class Outbound:
                     queue = outbox.add(app.id, endpoint)
                     self.workers.append(Delivery(app.id, endpoint, queue, metrics))
             return
-        from redis.asyncio import RedisCluster
-
         from gateway.backends.redis import RedisStore
         from gateway.outbound.redis import RedisSource, consumer_name
 
         assert isinstance(store, RedisStore)
         client = self._client = store.client  # the store's client: its settings and topology
         consumer = consumer_name()
-        tags = None
-        if isinstance(client, RedisCluster):
-            from gateway.outbound.slots import SlotTags
-
-            tags = SlotTags(store)
         for app in apps:
             types = sorted({LETTERS[e] for ep in app.webhooks for e in ep.events})
             groups = ";".join(ep.group(app.id) for ep in app.webhooks)
@@ -65,7 +58,6 @@ class Outbound:
                     app=app.id,
                     group=endpoint.group(app.id),
                     consumer=consumer,
-                    **({"tags": tags.for_app(app.id)} if tags else {}),
                 )
                 self.workers.append(Delivery(app.id, endpoint, source, metrics))
 

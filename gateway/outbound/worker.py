@@ -43,11 +43,23 @@ class Source(Protocol):
         """Messages waiting (queued, or taken and not done)."""
         ...
 
+    def owns(self, message: Message) -> bool:
+        """Whether this node may still start delivering ``message`` (its lease is held)."""
+        ...
+
+    def forget(self, message: Message) -> None:
+        """``message`` will not be done here: another node delivers it now."""
+        ...
+
     async def close(self) -> None: ...
 
 
 class Disabled(Exception):
     """The endpoint answered 410 Gone."""
+
+
+class Moved(Exception):
+    """This node lost the lease of the message's stream while retrying it."""
 
 
 class Delivery:
@@ -129,6 +141,9 @@ class Delivery:
         try:
             while chain:
                 message = chain[0]
+                if not self.source.owns(message):
+                    self._drop(chain)  # the lease moved: the new holder claims them in order
+                    break
                 if message.kind in self._events:
                     await self._deliver(message)
                 else:
@@ -139,9 +154,18 @@ class Delivery:
                 self._room.set()
         except Disabled:
             pass
+        except Moved:
+            self._drop(chain)
         finally:
             if self._chains.get(user) is chain and not chain:
                 del self._chains[user]
+
+    def _drop(self, chain: deque[Message]) -> None:
+        for message in chain:
+            self.source.forget(message)
+        self._buffered -= len(chain)
+        chain.clear()
+        self._room.set()
 
     async def _done(self, message: Message) -> None:
         """Ack, retried while the queue is down (until then the chain waits)."""
@@ -162,6 +186,8 @@ class Delivery:
         for attempt in range(len(schedule) + 1):
             if self.disabled:
                 raise Disabled
+            if attempt and not self.source.owns(message):
+                raise Moved
             async with self._slots:
                 outcome = await self._post(msg_id, body)
             if outcome == "ok":
