@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin servers / generator")
     p.add_argument(
+        "--workers", type=int, default=1, help="gateway: serve --workers N (needs Redis)"
+    )
+    p.add_argument(
         "--nice",
         type=int,
         default=-10,
@@ -167,6 +170,10 @@ def run_one(
     args.target = name
     _apply_defaults(args)
     target = TARGETS[name](log_level=args.server_log_level, max_watch=max(1000, args.watch))
+    if args.workers != 1:
+        if name != "gateway":
+            raise BenchError("--workers is a gateway option (serve --workers)")
+        target.workers = args.workers
     args.python_target = target.python
     bench = Bench(cores=cores, keep=args.keep)
     signal.signal(signal.SIGALRM, _alarm)

@@ -69,9 +69,10 @@ class Target:
     needs_redis = False
     separate_http = False  # webhooks on a second port of the same process
 
-    def __init__(self, log_level: str = "warning", max_watch: int = 1000) -> None:
+    def __init__(self, log_level: str = "warning", max_watch: int = 1000, workers: int = 1) -> None:
         self.log_level = log_level
         self.max_watch = max_watch
+        self.workers = workers  # gateway processes on the one port (serve --workers)
 
     def config(self, redis: Redis | None) -> str:
         lines = [
@@ -128,6 +129,7 @@ class Target:
             str(port),
             "--log-level",
             self.log_level,
+            *(["--workers", str(self.workers)] if self.workers != 1 else []),
         ]
 
     def env(self) -> dict[str, str]:

@@ -220,7 +220,7 @@ class WorkerFront:
 
         await self.app(scope, receive, capture)
         assert start is not None, "the app sent no response"
-        if start["status"] == 200:
+        if start["status"] == 200 and scope["method"] == "GET":  # HEAD: no body to sum
             siblings = await self._gather()
             body = bytearray(merge([body.decode(), *siblings]))
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
