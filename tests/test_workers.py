@@ -191,6 +191,9 @@ async def test_two_workers_answer_on_one_port_and_metrics_sum(two: Supervised) -
         assert sample(text, "presence_webhooks_total", **ok) == sent
         assert sample(text, "presence_workers") == 2
         assert sample(text, "presence_webhook_seconds_count", provider="tencent") == sent
+    async with httpx.AsyncClient(base_url=two.url) as client:
+        head = await client.head("/metrics")
+    assert head.status_code == 200 and head.content == b""
 
 
 async def test_webhook_to_one_worker_reaches_watchers_on_the_other(two: Supervised) -> None:
