@@ -21,6 +21,9 @@ from gateway.api import (
     USER_ID_MAX,
     ErrorReply,
     PresenceReply,
+    ReconcileQueued,
+    ReconcileRequest,
+    ReconcileStatus,
     TokenReply,
 )
 from gateway.config import APP_ID_PATTERN
@@ -58,7 +61,14 @@ def _structs(types: list[type[msgspec.Struct]]) -> dict[str, type[msgspec.Struct
 
 def _components() -> tuple[dict[str, Any], dict[str, Any]]:
     """Response schemas by Struct name, and the components they refer to."""
-    replies: list[type[msgspec.Struct]] = [PresenceReply, TokenReply, ErrorReply, StreamError]
+    replies: list[type[msgspec.Struct]] = [
+        PresenceReply,
+        TokenReply,
+        ErrorReply,
+        StreamError,
+        ReconcileQueued,
+        ReconcileStatus,
+    ]
     refs, components = msgspec.json.schema_components(replies, ref_template=_REF)
     # A response always carries every field (no Struct here omits defaults), so every
     # property is required: the schema says what a client can rely on, not what it may send.
@@ -221,6 +231,46 @@ def _with_transport_answers(operation: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
+def _reconcile_item(refs: dict[str, Any], bearer: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """``/v1/apps/{app}/reconcile`` (SPEC 6, 8): queue checks; the last pass per provider."""
+    error = refs["ErrorReply"]
+    _, request_components = msgspec.json.schema_components([ReconcileRequest])
+    common = {
+        "401": _json(error, "missing or wrong api key"),
+        "404": _json(error, "unknown app"),
+        "503": _json(error, "the store is unavailable; retry"),
+    }
+    return {
+        "post": {
+            "summary": "Check the given users (or, with no body, every known user) now",
+            "operationId": "reconcile",
+            "security": bearer,
+            "parameters": [_APP],
+            "requestBody": {
+                "required": False,
+                "content": {_JSON: {"schema": request_components["ReconcileRequest"]}},
+            },
+            "responses": {
+                "202": _json(refs["ReconcileQueued"], "queued for the providers' pull APIs"),
+                "400": _json(error, 'a body that is not {"users": [...]} of 1 to 1000 ids'),
+                "409": _json(error, "no provider of this app has a reconcile table"),
+                "413": _json(error, "body too large"),
+                **common,
+            },
+        },
+        "get": {
+            "summary": "The last reconciliation pass of each reconciled provider",
+            "operationId": "reconcileStatus",
+            "security": bearer,
+            "parameters": [_APP],
+            "responses": {
+                "200": _json(refs["ReconcileStatus"], "per provider: last pass and its counts"),
+                **common,
+            },
+        },
+    }
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the gateway's HTTP API."""
@@ -243,6 +293,7 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/apps/{app}/reconcile": _reconcile_item(refs, bearer),
         "/v1/apps/{app}/dev-token": {
             "get": {
                 "summary": "A client token, where the app has dev_tokens on",

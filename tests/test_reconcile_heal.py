@@ -47,7 +47,9 @@ def table(server: FakeServer, provider: str, rate: float = 1000.0, **extra: Any)
     """The provider table of ``provider`` with a reconcile table aimed at the fake."""
     f = fake(server, provider)
     if isinstance(f, FakeTencent):
-        rc = TencentReconcile(api_base=server.url, admin=f.admin, secret_key=f.secret_key, rate=rate)
+        rc = TencentReconcile(
+            api_base=server.url, admin=f.admin, secret_key=f.secret_key, rate=rate
+        )
         return TencentConfig(sdkappid=f.sdkappid, reconcile=rc, **extra)
     if isinstance(f, FakeRongCloud):
         rr = RongCloudReconcile(api_base=server.url, rate=rate)

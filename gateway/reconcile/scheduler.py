@@ -459,10 +459,12 @@ class Reconciler:
                 count += len(batch)
             for worker in workers:
                 await self.store.put_note(worker.full_note, b"1", FULL_TTL_MS)
+                worker.wake.set()  # the holder, if it is this node
             return count
         queued = 0
         for worker in workers:
             queued = max(queued, await self.store.push_work(worker.demand, users, QUEUE_CAP))
+            worker.wake.set()
         return queued
 
     async def status(self, app: str) -> dict[str, PassStats]:
