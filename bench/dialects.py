@@ -3,6 +3,7 @@
 - ``gateway``: SPEC section 5: ``hello`` with a JWT -> ``welcome`` -> ``watch`` ->
   ``snapshot``, then ``presence`` frames; an application ping per ``heartbeat_ms``.
 - ``ceiling``: ``{"watch": [...]}`` -> ``{"ok": n}``, then one bare state per frame.
+- ``sse``: SPEC section 10, a Server-Sent Events stream per connection (``bench.sse``).
 - ``socketio``: Engine.IO v4 over WebSocket: the server's open packet ``0{...}`` -> ``40``
   (connect) -> ``40{...}`` -> ``420["watch",[...]]`` (with ack id 0) -> ``430[n]``; then
   ``42["presence",{...}]`` events; the server pings (``2``), the client answers ``3``.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
+from bench.sse import SseConn, SseSession
 from bench.target import APP_ID, CLIENT_SECRET
 from gateway import tokens
 
@@ -282,6 +284,10 @@ class SessionFactory(Protocol):
 
 DIALECTS: dict[str, SessionFactory] = {
     "gateway": GatewaySession,
+    "sse": SseSession,  # its ws is an SseConn
     "ceiling": CeilingSession,
     "socketio": SocketIoSession,
 }
+
+# The connection protocol of a dialect, where it is not a WebSocket (bench.ws.WsConn).
+CONNECTIONS: dict[str, type[SseConn]] = {"sse": SseConn}

@@ -289,7 +289,15 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
+class SseTarget(Target):
+    """The gateway, watched through SSE streams (SPEC section 10) instead of WebSockets."""
+
+    name = "gateway-sse"
+    dialect = "sse"
+    ws_path = f"/v1/apps/{APP_ID}/sse"
+
+
 TARGETS: dict[str, type[Target]] = {
-    t.name: t for t in (Target, CeilingTarget, PySioTarget, NodeSioTarget)
+    t.name: t for t in (Target, SseTarget, CeilingTarget, PySioTarget, NodeSioTarget)
 }
 PEER_NAMES = ["ceiling", "python-socketio", "socketio-node"]

@@ -32,7 +32,7 @@ from typing import Any
 
 import uvloop
 
-from bench.dialects import DIALECTS, WatcherSession
+from bench.dialects import CONNECTIONS, DIALECTS, WatcherSession
 from bench.events import BATCH, Plan, RongCloudRequests, TencentRequests
 from bench.hist import Histogram
 from bench.http import HttpConn, connect_many
@@ -465,6 +465,7 @@ class Watchers:
         self.send_ns = shared.send_ns if shared is not None else None
         self.specs = specs
         self.factory = DIALECTS[dialect]
+        self.conn_class: Any = CONNECTIONS.get(dialect, WsConn)
         self.sessions: list[WatcherSession] = []
         self.use_ping = ping
         self.heartbeat_ms = 0
@@ -560,7 +561,9 @@ class Watchers:
                 try:
                     async with asyncio.timeout(limit_s):
                         await loop.create_connection(
-                            lambda: WsConn(self.port, self.path, sess), LOOPBACK, self.port
+                            lambda: self.conn_class(self.port, self.path, sess),
+                            LOOPBACK,
+                            self.port,
                         )
                         await sess.waiter
                 except (OSError, TimeoutError, BenchError) as exc:
