@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import socket
 import time
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -155,3 +157,25 @@ timeout_s = {timeout_s}
 max_queue = {max_queue}
 """
     return text
+
+
+async def tencent(url: str, app: str, user: str, action: str, platform: str = "iOS") -> None:
+    """POST a signed Tencent State.StateChange to the gateway at ``url``; check it was acked."""
+    rt = str(int(time.time()))
+    reason = {"Login": "Register", "Disconnect": "LinkClose"}[action]
+    async with httpx.AsyncClient(base_url=url) as client:
+        r = await client.post(
+            f"/v1/apps/{app}/webhooks/tencent",
+            params={
+                "SdkAppid": "1400000000",
+                "CallbackCommand": "State.StateChange",
+                "OptPlatform": platform,
+                "RequestTime": rt,
+                "Sign": hashlib.sha256((TENCENT_TOKEN + rt).encode()).hexdigest(),
+            },
+            json={
+                "EventTime": time.time_ns() // 1_000_000,
+                "Info": {"Action": action, "To_Account": user, "Reason": reason},
+            },
+        )
+    assert r.status_code == 200 and r.json()["ActionStatus"] == "OK", r.text
