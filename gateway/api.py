@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from gateway import tokens
+from gateway.backends.memory import clock_ms
 from gateway.errors import StoreUnavailable
-from gateway.model import UserState
+from gateway.model import MAX_CUSTOM_BYTES, UserState, custom_event, custom_too_long
 from gateway.webhooks import BodyTooLarge, read_body
 
 if TYPE_CHECKING:
@@ -121,6 +122,49 @@ async def presence(request: Request, gw: Gateway) -> Response:
     except StoreUnavailable:
         return error(503, "store unavailable")
     return json_response(PresenceReply(states))
+
+
+MAX_CUSTOM_BODY = 4096  # a 100-byte custom, JSON-escaped at 6 bytes per byte, fits well below
+
+
+class CustomRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``PUT /v1/apps/{app}/users/{user}/custom`` body: the user's custom status, at most
+    100 UTF-8 bytes; null (or "") clears it."""
+
+    custom: Annotated[str, msgspec.Meta(max_length=MAX_CUSTOM_BYTES)] | None
+
+
+_custom_decoder = msgspec.json.Decoder(CustomRequest)
+
+
+async def set_custom(request: Request, gw: Gateway) -> Response:
+    """PUT /v1/apps/{app}/users/{user}/custom: set (or clear) the user's custom status at the
+    gateway's clock; 200 with the user's new state (SPEC 6)."""
+    app = gw.settings.apps.get(request.path_params["app"])
+    if app is None:
+        return error(404, "unknown app")
+    if not _bearer_ok(request, app.api_key):
+        return error(401, "missing or wrong api key")
+    user = request.path_params["user"]
+    if not USER_ID.match(user):
+        return error(400, f"user ids are 1 to {USER_ID_MAX} characters")
+    try:
+        body = await read_body(request, MAX_CUSTOM_BODY)
+    except BodyTooLarge:
+        return error(413, "body too large")
+    try:
+        text = _custom_decoder.decode(body).custom
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return error(400, f'bad body, want {{"custom": "text" | null}}: {str(exc)[:120]}')
+    if text is not None and custom_too_long(text):
+        return error(400, f"custom is over {MAX_CUSTOM_BYTES} bytes (UTF-8)")
+    now = clock_ms()
+    try:
+        result = await gw.store.apply(app.id, [custom_event(user, text, now)], now_ms=now)
+        states = result.published or await gw.store.get(app.id, [user])
+    except StoreUnavailable:
+        return error(503, "store unavailable")
+    return json_response(states[0])
 
 
 async def dev_token(request: Request, gw: Gateway) -> Response:

@@ -137,6 +137,12 @@ def custom_too_long(text: str) -> bool:
         return True
 
 
+def fit_custom(text: str) -> str:
+    """``text`` cut to at most ``MAX_CUSTOM_BYTES`` UTF-8 bytes at a character boundary (for a
+    provider's text, which cannot be refused usefully); lone surrogates become "?"."""
+    return text.encode("utf-8", "replace")[:MAX_CUSTOM_BYTES].decode("utf-8", "ignore")
+
+
 def merge_custom(current: CustomRecord | None, incoming: CustomRecord) -> CustomRecord:
     """The custom record after ``incoming``: the max by (time, text); ``current`` if it wins."""
     if current is not None and current >= incoming:

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from gateway.api import (
     MAX_QUERY_USERS,
     USER_ID_MAX,
+    CustomRequest,
     ErrorReply,
     PresenceReply,
     ReconcileQueued,
@@ -27,6 +28,7 @@ from gateway.api import (
     TokenReply,
 )
 from gateway.config import APP_ID_PATTERN
+from gateway.model import UserState
 from gateway.providers import PROVIDERS
 from gateway.sse import StreamError
 
@@ -68,6 +70,7 @@ def _components() -> tuple[dict[str, Any], dict[str, Any]]:
         StreamError,
         ReconcileQueued,
         ReconcileStatus,
+        UserState,
     ]
     refs, components = msgspec.json.schema_components(replies, ref_template=_REF)
     # A response always carries every field (no Struct here omits defaults), so every
@@ -271,6 +274,43 @@ def _reconcile_item(refs: dict[str, Any], bearer: list[dict[str, list[str]]]) ->
     }
 
 
+def _custom_item(refs: dict[str, Any], bearer: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """``PUT /v1/apps/{app}/users/{user}/custom`` (SPEC 6): set or clear a custom status."""
+    error = refs["ErrorReply"]
+    _, request_components = msgspec.json.schema_components([CustomRequest])
+    user = {
+        "name": "user",
+        "in": "path",
+        "required": True,
+        "description": "The user id (percent-encoded; it may contain /).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX},
+    }
+    return {
+        "put": {
+            "summary": "Set the user's custom status (null clears it) at the gateway's clock",
+            "operationId": "setCustom",
+            "security": bearer,
+            "parameters": [_APP, user],
+            "requestBody": {
+                "required": True,
+                "content": {_JSON: {"schema": request_components["CustomRequest"]}},
+            },
+            "responses": {
+                "200": _json(refs["UserState"], "the user's state with the new custom"),
+                "400": _json(
+                    error,
+                    'a body that is not {"custom": text | null}, a custom over 100 UTF-8 bytes, '
+                    "or a malformed user id",
+                ),
+                "401": _json(error, "missing or wrong api key"),
+                "404": _json(error, "unknown app"),
+                "413": _json(error, "body too large"),
+                "503": _json(error, "the store is unavailable; retry"),
+            },
+        }
+    }
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the gateway's HTTP API."""
@@ -293,6 +333,7 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/apps/{app}/users/{user}/custom": _custom_item(refs, bearer),
         "/v1/apps/{app}/reconcile": _reconcile_item(refs, bearer),
         "/v1/apps/{app}/dev-token": {
             "get": {

@@ -60,7 +60,8 @@ DISCONNECT = "disconnect"  # connection closed (app killed, network lost)
 TIMEOUT = "timeout"  # heartbeat timeout
 KICKED = "kicked"  # replaced by a login elsewhere
 ADMIN_KICK = "admin-kick"  # Tencent OpenKickInstance: every device of the user
-CUSTOM_STATUS = "custom-status"  # Tencent CustomStatusChange: not presence, changes nothing
+CUSTOM_STATUS = "custom-status"  # Tencent CustomStatusChange: sets the custom, not presence
+CUSTOM_TEXTS = ("In a meeting", "Lunch", "Focus time", "")  # "" clears; picked by event time
 
 BATCHING = frozenset({"rongcloud", "standard", "wukongim"})  # several events in one post
 # Providers whose events the gateway orders by arrival (no event time): never reordered,
@@ -699,6 +700,8 @@ def build_tencent(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
         "EventTime": first.time,
         "Info": {"Action": action, "To_Account": first.user, "Reason": reason},
     }
+    if first.how == CUSTOM_STATUS:
+        body["CustomStatus"] = CUSTOM_TEXTS[first.time % len(CUSTOM_TEXTS)]
     if kicked and first.how == LOGIN:
         assert all(c.how == KICKED and c.time == first.time for c in kicked), d
         body["KickedDevice"] = [{"Platform": TENCENT_KICKED[c.platform]} for c in kicked]

@@ -6,11 +6,16 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable
+from urllib.parse import quote
 
+import httpx
 import msgspec
+import pytest
 
 from gateway.backends.base import PresenceSettings, PresenceStore
 from gateway.backends.memory import clock_ms
+from gateway.config import AppConfig
 from gateway.model import (
     MAX_CUSTOM_BYTES,
     DeviceView,
@@ -21,7 +26,11 @@ from gateway.model import (
     merge_custom,
     state_decoder,
 )
-from tests.conftest import Backend
+from gateway.providers.tencent import sign as tencent_sign
+from tests.conftest import BACKENDS, Backend, backend_url
+from tests.live import LiveGateway, serve
+from tests.test_e2e_webhooks import TOKEN, app_of, make_settings, query, tencent
+from tests.wsclient import Client
 
 NOW = 1_763_700_000_000
 S = 1000
@@ -205,3 +214,145 @@ async def test_json_bytes_agree_with_msgspec(store: PresenceStore) -> None:
     text = 'a"b\\c/d\n\u00e9\U0001f600'
     [state] = (await store.apply(app, [custom_event("bob", text, NOW)], now_ms=NOW)).published
     assert state.custom == text
+
+
+# Through a real gateway (uvicorn on a loopback port): the API, a Tencent webhook, a watcher.
+
+
+@pytest.fixture(params=BACKENDS)
+async def live(request: pytest.FixtureRequest) -> AsyncIterator[tuple[LiveGateway, AppConfig]]:
+    """A gateway on each backend, with one app of its own."""
+    url = backend_url(request, request.param)
+    settings = make_settings(url, cluster=request.param == "cluster")
+    async with serve(settings) as gw:
+        yield gw, app_of(settings)
+
+
+def put_custom(
+    http: httpx.AsyncClient, app: AppConfig, user: str, body: object, key: str | None = None
+) -> Awaitable[httpx.Response]:
+    headers = {"Authorization": f"Bearer {app.api_key if key is None else key}"}
+    if key == "":
+        headers = {}
+    content = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    path = f"/v1/apps/{app.id}/users/{quote(user, safe='')}/custom"
+    return http.put(path, content=content, headers=headers)
+
+
+async def test_put_custom_answers_the_new_state(live: tuple[LiveGateway, AppConfig]) -> None:
+    """PUT …/custom → 200 with the user's new state; the query API shows it; null clears."""
+    gw, app = live
+    async with httpx.AsyncClient(base_url=gw.url) as http:
+        before = clock_ms()
+        r = await put_custom(http, app, "c{d}/e", {"custom": "In a meeting"})
+        assert r.status_code == 200, r.text
+        state = r.json()
+        assert (state["user"], state["status"], state["custom"]) == (
+            "c{d}/e",
+            "offline",
+            "In a meeting",
+        )
+        assert state["v"] >= before
+        [shown] = await query(http, app, "c{d}/e")
+        assert shown == state
+        r = await put_custom(http, app, "c{d}/e", {"custom": None})
+        assert r.status_code == 200 and r.json()["custom"] is None
+        assert r.json()["v"] > state["v"]
+        [shown] = await query(http, app, "c{d}/e")
+        assert shown["custom"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "status"),
+    [
+        ({"custom": "x"}, "", 401),
+        ({"custom": "x"}, "wrong-key", 401),
+        ({"custom": "x" * 101}, None, 400),
+        ({"custom": "é" * 50 + "x"}, None, 400),
+        ({"custom": 5}, None, 400),
+        ({}, None, 400),
+        ({"custom": "x", "more": 1}, None, 400),
+        (b"not json", None, 400),
+        (b"", None, 400),
+        (b'{"custom": "\xff"}', None, 400),
+    ],
+)
+async def test_put_custom_refusals(
+    live: tuple[LiveGateway, AppConfig], body: object, key: str | None, status: int
+) -> None:
+    """No or a wrong key is 401; a custom over 100 bytes or a bad body is 400; nothing changes."""
+    gw, app = live
+    async with httpx.AsyncClient(base_url=gw.url) as http:
+        r = await put_custom(http, app, "bob", body, key)
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert set(r.json()) == {"error"} and "Traceback" not in r.text
+        [shown] = await query(http, app, "bob")
+        assert shown["custom"] is None and shown["v"] == 0
+
+
+async def test_put_custom_unknown_app_and_empty_user(live: tuple[LiveGateway, AppConfig]) -> None:
+    """An unknown app is 404; an empty user id is 400."""
+    gw, app = live
+    async with httpx.AsyncClient(base_url=gw.url) as http:
+        auth = {"Authorization": f"Bearer {app.api_key}"}
+        r = await http.put(
+            "/v1/apps/nope/users/bob/custom", content=b'{"custom":"x"}', headers=auth
+        )
+        assert r.status_code == 404
+        r = await http.put(
+            f"/v1/apps/{app.id}/users//custom", content=b'{"custom":"x"}', headers=auth
+        )
+        assert r.status_code == 400
+
+
+async def test_tencent_custom_status_change_reaches_a_watcher(
+    live: tuple[LiveGateway, AppConfig],
+) -> None:
+    """A signed Tencent CustomStatusChange is acked OK and a watcher receives the custom; a
+    repeat publishes nothing (the next frame is the next change)."""
+    gw, app = live
+    watcher = await Client.login(gw.ws_url, app.id, app.client_secret)
+    try:
+        snapshot = await watcher.watch("bob")
+        assert snapshot["bob"]["custom"] is None
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            t = clock_ms()
+            r = await tencent_custom(http, app.id, "bob", "In a meeting", t)
+            assert (r.status_code, r.json()["ActionStatus"]) == (200, "OK")
+            state = await watcher.next_presence("bob")
+            assert (state["status"], state["custom"]) == ("offline", "In a meeting")
+            r = await tencent_custom(http, app.id, "bob", "In a meeting", t)
+            assert r.status_code == 200
+            r = await put_custom(http, app, "bob", {"custom": "Lunch"})
+            assert r.status_code == 200
+            state = await watcher.next_presence("bob")
+            assert state["custom"] == "Lunch"
+            r = await tencent(http, app.id, "bob", "Login")
+            assert r.status_code == 200
+            state = await watcher.next_presence("bob")
+            assert (state["status"], state["custom"]) == ("online", "Lunch")
+    finally:
+        await watcher.close()
+
+
+async def tencent_custom(
+    http: httpx.AsyncClient, app: str, user: str, text: str, event_time: int
+) -> httpx.Response:
+    """POST one signed Tencent State.StateChange with Action CustomStatusChange."""
+    rt = str(int(time.time()))
+    params = {
+        "SdkAppid": "1400000000",
+        "CallbackCommand": "State.StateChange",
+        "contenttype": "json",
+        "OptPlatform": "iOS",
+        "RequestTime": rt,
+        "Sign": tencent_sign(TOKEN, rt),
+    }
+    body = {
+        "CallbackCommand": "State.StateChange",
+        "EventTime": event_time,
+        "Info": {"Action": "CustomStatusChange", "To_Account": user, "Reason": "SetCustomStatus"},
+        "CustomStatus": text,
+    }
+    return await http.post(f"/v1/apps/{app}/webhooks/tencent", params=params, json=body)

@@ -142,7 +142,18 @@ async def test_the_served_document_is_the_generated_one() -> None:
     assert {"PresenceReply", "UserState", "DeviceView", "TokenReply", "ErrorReply"} <= set(
         components
     )
-    assert components["UserState"]["required"] == ["user", "status", "since", "devices", "v"]
+    assert components["UserState"]["required"] == [
+        "user",
+        "status",
+        "since",
+        "devices",
+        "v",
+        "custom",
+    ]
+    custom = served["paths"]["/v1/apps/{app}/users/{user}/custom"]["put"]
+    assert custom["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/UserState"
+    }
     presence = served["paths"]["/v1/apps/{app}/presence"]["get"]
     assert presence["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/PresenceReply"

@@ -11,7 +11,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from gateway.backends.base import PresenceSettings
-from gateway.model import PresenceEvent
+from gateway.model import PresenceEvent, custom_event
 from gateway.providers.base import WebhookRejected, WebhookRequest
 from gateway.providers.standard import StandardConfig, StandardProvider, sign
 
@@ -214,6 +214,66 @@ def test_overlong_signature_list_and_id_are_401() -> None:
 def test_malformed_body_is_400(data: bytes) -> None:
     """Wrong shapes, unknown statuses or fields, bad times and empty ids are 400."""
     err = rejected(provider(), request(data))
+    assert err.status == 400
+    assert err.reason.startswith("malformed body")
+
+
+def custom_body(*items: dict[str, Any]) -> bytes:
+    return msgspec.json.encode({"events": [{"user": "bob", "time": T, **i} for i in items]})
+
+
+def test_custom_events_are_parsed() -> None:
+    """An event with custom and no device/status sets the custom; null (or "") clears it."""
+    data = custom_body({"custom": "In a meeting"}, {"custom": None}, {"custom": ""})
+    parsed = provider().handle(request(data))
+    assert parsed.events == [
+        custom_event("bob", "In a meeting", T),
+        custom_event("bob", "", T),
+        custom_event("bob", "", T),
+    ]
+
+
+def test_custom_events_mix_with_device_events() -> None:
+    """One body may carry device events and custom events, in order."""
+    data = msgspec.json.encode(
+        {
+            "events": [
+                msgspec.json.decode(events())["events"][0],
+                {"user": "bob", "time": T, "custom": "x"},
+            ]
+        }
+    )
+    parsed = provider().handle(request(data))
+    assert parsed.events == [
+        PresenceEvent("bob", "s-1", "web", True, T, ""),
+        custom_event("bob", "x", T),
+    ]
+
+
+def test_custom_of_100_bytes_passes_and_101_is_400() -> None:
+    """The custom's limit is 100 UTF-8 bytes: multi-byte characters count by their bytes."""
+    assert provider().handle(request(custom_body({"custom": "é" * 50}))).events[0].custom
+    for text in ("x" * 101, "é" * 50 + "x"):
+        err = rejected(provider(), request(custom_body({"custom": text})))
+        assert (err.status, err.reason) == (400, "malformed body: custom over 100 bytes (UTF-8)")
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"custom": "x", "device": "d"},
+        {"custom": "x", "status": "online"},
+        {"custom": 5},
+        {"custom": "x", "user": ""},
+        {"device": "d"},
+        {"status": "online"},
+        {},
+    ],
+)
+def test_malformed_custom_events_are_400(item: dict[str, Any]) -> None:
+    """custom with a device or status, a non-string custom, or neither custom nor both of
+    device and status, is malformed."""
+    err = rejected(provider(), request(custom_body(item)))
     assert err.status == 400
     assert err.reason.startswith("malformed body")
 

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from gateway.backends.base import PresenceSettings
-from gateway.model import PLATFORMS, PresenceEvent
+from gateway.model import PLATFORMS, PresenceEvent, custom_event
 from gateway.providers.base import Parsed, WebhookRejected, WebhookRequest
 from gateway.providers.tencent import TencentConfig, TencentProvider, sign
 
@@ -158,10 +158,47 @@ def test_missing_event_time_uses_receive_time() -> None:
     assert ev.time == NOW + 7
 
 
-def test_custom_status_change_is_acked_and_unused() -> None:
-    """CustomStatusChange yields no events and counts one unused."""
-    parsed = provider().handle(request(data=body("CustomStatusChange", "SetCustomStatus")))
-    assert (parsed.events, parsed.unused) == ([], 1)
+def custom_body(info_status: Any = None, top_status: Any = None) -> bytes:
+    """A CustomStatusChange, with CustomStatus in Info and/or at the top level."""
+    info: dict[str, Any] = {"Action": "CustomStatusChange", "To_Account": "bob"}
+    info["Reason"] = "SetCustomStatus"
+    if info_status is not None:
+        info["CustomStatus"] = info_status
+    extra = {} if top_status is None else {"CustomStatus": top_status}
+    return body(Info=info, **extra)
+
+
+def test_custom_status_change_sets_the_custom() -> None:
+    """CustomStatusChange yields one custom event: Info.CustomStatus at EventTime."""
+    parsed = provider().handle(request(data=custom_body("In a meeting")))
+    assert parsed.events == [custom_event("bob", "In a meeting", NOW - 5)]
+    assert parsed.unused == 0
+
+
+def test_custom_status_at_the_top_level_is_read_too() -> None:
+    """A top-level CustomStatus is used where Info has none; Info's wins when both are given."""
+    (ev,) = provider().handle(request(data=custom_body(top_status="Lunch"))).events
+    assert ev.custom == "Lunch"
+    (ev,) = provider().handle(request(data=custom_body("Info's", "Top"))).events
+    assert ev.custom == "Info's"
+
+
+def test_custom_status_absent_or_empty_clears() -> None:
+    """A CustomStatusChange with no or an empty CustomStatus clears the custom."""
+    for data in (custom_body(), custom_body("")):
+        (ev,) = provider().handle(request(data=data)).events
+        assert ev.custom == ""
+
+
+def test_custom_status_is_cut_to_100_bytes() -> None:
+    """A longer text (Tencent would not resend a refused one) is cut at a character boundary."""
+    (ev,) = provider().handle(request(data=custom_body("会" * 40))).events
+    assert ev.custom == "会" * 33
+
+
+def test_custom_status_of_wrong_type_is_400() -> None:
+    """A CustomStatus that is not a string is malformed."""
+    assert rejected(provider(), request(data=custom_body(7))).status == 400
 
 
 def test_other_callback_commands_are_acked_and_unused() -> None:

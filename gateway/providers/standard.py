@@ -6,6 +6,9 @@ not UTF-8 would look like a bad signature): HMAC-SHA256 over ``{id}.{timestamp}.
 ``v1,<base64>`` signatures (any of several, space-separated), a 5-minute tolerance against
 the request's receive time. Only then is the body decoded, strictly (it is our own format):
 a correctly signed body that is not UTF-8 JSON is a 400.
+
+An event either reports a device (``device``, ``status``) or sets the user's custom status
+(``custom``: a string of at most 100 UTF-8 bytes, or null to clear; then no device/status).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import msgspec
 from standardwebhooks.webhooks import hmac_data
 
 from gateway.backends.base import PresenceSettings
-from gateway.model import normalize_platform
+from gateway.model import MAX_CUSTOM_BYTES, custom_event, custom_too_long, normalize_platform
 from gateway.providers.base import (
     Millis,
     Parsed,
@@ -29,6 +32,7 @@ from gateway.providers.base import (
     Reply,
     WebhookRejected,
     WebhookRequest,
+    check_id,
     decode,
     event,
     json_encoder,
@@ -62,10 +66,11 @@ class StandardConfig(ProviderConfig, kw_only=True):
 
 class _Event(msgspec.Struct, forbid_unknown_fields=True):
     user: str
-    device: str
-    status: Literal["online", "offline", "logout"]
     time: Millis
+    device: str | None = None
+    status: Literal["online", "offline", "logout"] | None = None
     platform: str = ""
+    custom: str | msgspec.UnsetType | None = msgspec.UNSET  # null clears; absent: a device event
 
 
 class _Body(msgspec.Struct, forbid_unknown_fields=True):
@@ -149,6 +154,18 @@ class StandardProvider(Provider):
         body: _Body = decode(req.body, _Body)
         parsed = Parsed(command=COMMAND)
         for item in body.events:
+            if item.custom is not msgspec.UNSET:
+                if item.device is not None or item.status is not None:
+                    raise WebhookRejected(400, "malformed body: custom with device or status")
+                if item.custom is not None and custom_too_long(item.custom):
+                    raise WebhookRejected(
+                        400, f"malformed body: custom over {MAX_CUSTOM_BYTES} bytes (UTF-8)"
+                    )
+                check_id(item.user, "user")
+                parsed.events.append(custom_event(item.user, item.custom, item.time))
+                continue
+            if item.device is None or item.status is None:
+                raise WebhookRejected(400, "malformed body: an event needs device and status")
             online = item.status == "online"
             reason = "" if online else item.status
             platform = normalize_platform(item.platform)

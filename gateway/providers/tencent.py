@@ -3,6 +3,9 @@
 Tencent posts every callback of an app to one URL, so commands other than
 ``State.StateChange`` are acked and counted as unused. The device key is the platform
 (``OptPlatform``); devices listed in ``KickedDevice`` go offline with reason ``kicked``.
+``Info.Action`` ``CustomStatusChange`` sets the user's custom status to ``Info.CustomStatus``
+(or a top-level ``CustomStatus``; absent or empty clears it), cut to 100 UTF-8 bytes: Tencent
+does not retry, so refusing a longer text would only lose the change.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import hashlib
 
 import msgspec
 
-from gateway.model import PLATFORMS, normalize_platform
+from gateway.model import PLATFORMS, custom_event, fit_custom, normalize_platform
 from gateway.providers.base import (
     MAX_MS,
     Millis,
@@ -54,6 +57,7 @@ class _Info(msgspec.Struct):
     Action: str  # required: a StateChange without it is malformed
     To_Account: str
     Reason: str = ""
+    CustomStatus: str | None = None  # CustomStatusChange: the new text
 
 
 class _Kicked(msgspec.Struct):
@@ -64,6 +68,7 @@ class _Body(msgspec.Struct):
     Info: _Info
     EventTime: Millis | str | None = None  # an integer or a string of digits
     KickedDevice: list[_Kicked] | None = None
+    CustomStatus: str | None = None  # CustomStatusChange: the text, where not in Info
 
 
 class _Command(msgspec.Struct):
@@ -133,7 +138,11 @@ class TencentProvider(Provider):
             online = True
         elif info.Action in ("Logout", "Disconnect"):
             online = False
-        else:  # CustomStatusChange and anything newer
+        elif info.Action == "CustomStatusChange":
+            text = info.CustomStatus if info.CustomStatus is not None else body.CustomStatus
+            custom = custom_event(info.To_Account, fit_custom(text or ""), time)
+            return Parsed(events=[custom], command=COMMAND)
+        else:  # anything newer
             return Parsed(unused=1, command=COMMAND)
         platform = normalize_platform(query_value(req, "OptPlatform", fold=True) or "")
         if not online and info.Reason == "OpenKickInstance":
