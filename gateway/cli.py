@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
         help="every S seconds, compare the gateway's query API with the model",
     )
     heal.add_argument(
+        "--watch-all",
+        action="store_true",
+        help="watch every simulated user over WebSocket (a dev token: dev_tokens = true), as "
+        "viewers would: the gateway re-checks watched users shown offline",
+    )
+    heal.add_argument(
         "--linger",
         type=float,
         default=None,

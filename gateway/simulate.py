@@ -1208,7 +1208,7 @@ async def _checks(
 
 async def command(args: argparse.Namespace, stop: asyncio.Event) -> int:
     """``simulate`` once its arguments are valid, until done or ``stop`` (no signals here)."""
-    from gateway.simulate_heal import config_hint, pull_calls, serve_model
+    from gateway.simulate_heal import config_hint, pull_calls, serve_model, watch_all
 
     providers = PROVIDER_NAMES if args.provider == "mixed" else (args.provider,)
     sim = Simulation(user_ids(args.users), providers, args.seed)
@@ -1255,8 +1255,16 @@ async def command(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 return 2
             for line in config_hint(server.url):
                 _stderr(line)
+            if len(providers) > 1:
+                _stderr(
+                    "note: reconcile one IM provider per app (a check counts every device of "
+                    "a user as its provider's, gateway/reconcile/rules.py): try --provider tencent"
+                )
         check_stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
+            if args.watch_all:
+                watching = watch_all(url, args.app, user_ids(args.users), check_stop, _stderr)
+                group.create_task(watching)
             checker = None
             if args.check_every is not None:
                 checks = _checks(url, args.app, args.api_key, sim, args.check_every, check_stop)
@@ -1272,8 +1280,7 @@ async def command(args: argparse.Namespace, stop: asyncio.Event) -> int:
                     await stop.wait()
                 else:
                     await _stopped(stop, args.linger)
-            if checker is not None:
-                check_stop.set()
+            check_stop.set()
         print(summary.line(), flush=True)
         if server is not None:
             calls = pull_calls(server.fakes)

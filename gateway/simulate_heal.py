@@ -10,13 +10,18 @@ says who is shown wrongly, so ``simulate --drop`` shows the damage and reconcili
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import itertools
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
 
 from gateway.pullapi_sim import FakeOpenIM, FakePullApi, FakeRongCloud, FakeServer, FakeTencent
 from gateway.pullapi_sim import serve as serve_fakes
@@ -24,6 +29,7 @@ from gateway.simulate import Simulation, Target
 
 PULL_PROVIDERS = ("tencent", "rongcloud", "openim")  # those with a pull API (SPEC 8)
 QUERY_BATCH = 500  # users per GET /presence (the API takes 1000; shorter URLs)
+PING_S = 15.0  # --watch-all: an application ping this often (the heartbeat is 25 s)
 
 
 def model_fakes(sim: Simulation, target: Target) -> list[FakePullApi]:
@@ -144,3 +150,67 @@ async def compare(
         elif online and sorted({d.get("platform") for d in state.get("devices", ())}) != platforms:
             off += 1
     return Comparison(len(users), tuple(ghosts), tuple(missing), off)
+
+
+async def watch_all(
+    url: str, app: str, users: list[str], stop: asyncio.Event, warn: Callable[[str], None]
+) -> None:
+    """Watch ``users`` over WebSocket connections (a dev token, ``max_watch`` users each) until
+    ``stop``, as viewers of a page would: reconciliation re-checks the watched users shown
+    offline (SPEC 8), not the others. A problem is reported through ``warn`` and ends the
+    watching, never the run."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+            path = f"/v1/apps/{quote(app, safe='')}/dev-token"
+            r = await client.get(path, params={"user": "simulate-watcher"})
+        if r.status_code != 200:
+            warn(f"--watch-all: no dev token (HTTP {r.status_code}): the app needs dev_tokens")
+            return
+        token = str(r.json()["token"])
+    except (ValueError, KeyError, TypeError, httpx.HTTPError) as exc:
+        warn(f"--watch-all: no dev token ({type(exc).__name__})")
+        return
+    try:
+        ws_url = "ws" + url.removeprefix("http") + f"/v1/apps/{quote(app, safe='')}/ws"
+        async with asyncio.TaskGroup() as group:
+            first = await _watcher(ws_url, token)
+            size = max(1, int(json.loads(await first.recv()).get("max_watch", 1000)))
+            chunks = [users[i : i + size] for i in range(0, len(users), size)]
+            for n, chunk in enumerate(chunks):
+                ws = first if n == 0 else await _watcher(ws_url, token)
+                group.create_task(_hold(ws, chunk, stop))
+    except* (OSError, ValueError, TypeError, WebSocketException) as group:
+        warn(f"--watch-all: stopped watching ({type(group.exceptions[0]).__name__})")
+
+
+async def _watcher(ws_url: str, token: str) -> ClientConnection:
+    ws = await connect(ws_url, ping_interval=None, max_size=2**22, open_timeout=10)
+    await ws.send(json.dumps({"type": "hello", "token": token}))
+    return ws
+
+
+async def _hold(ws: ClientConnection, users: list[str], stop: asyncio.Event) -> None:
+    """Watch ``users`` on ``ws``, read and forget its frames, ping, until ``stop``."""
+
+    async def drain() -> None:
+        async for _ in ws:
+            pass
+
+    async with ws:
+        await ws.send(json.dumps({"type": "watch", "id": 1, "users": users}))
+        reader = asyncio.create_task(drain())
+        pings = itertools.count(2)
+        try:
+            while not reader.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PING_S):
+                        await stop.wait()
+                if stop.is_set():
+                    break
+                await ws.send(json.dumps({"type": "ping", "id": next(pings)}))
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketException):
+                await reader
+        if not stop.is_set():
+            raise WebSocketException(f"closed by the gateway ({ws.close_code})")

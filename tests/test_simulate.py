@@ -56,7 +56,7 @@ from gateway.simulate import (
     run,
     user_ids,
 )
-from gateway.simulate_heal import compare, pull_calls, serve_model
+from gateway.simulate_heal import compare, pull_calls, serve_model, watch_all
 from tests.live import serve
 from tests.servers import free_port
 
@@ -714,3 +714,40 @@ async def test_cli_says_when_the_pull_api_port_is_taken(capsys: pytest.CaptureFi
         args = sim_args("--serve-pull-api", str(server.port), "--count", "1")
         assert await simulate.command(args, asyncio.Event()) == 2
     assert f"cannot serve the pull APIs on 127.0.0.1:{server.port}" in capsys.readouterr().err
+
+
+async def test_watch_all_watches_every_user_in_connections_of_max_watch() -> None:
+    """--watch-all: 25 users, max_watch 10 → 3 connections watching all 25, closed on stop."""
+    base = dev_settings()
+    app = msgspec.structs.replace(base.apps["demo"], max_watch=10)
+    settings = msgspec.structs.replace(base, apps={"demo": app})
+    warnings: list[str] = []
+    stop = asyncio.Event()
+    async with serve(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        task = asyncio.create_task(watch_all(gw.url, "demo", user_ids(25), stop, warnings.append))
+
+        async def gauges() -> tuple[float, float]:
+            text = (await client.get("/metrics")).text
+            return metric(text, "presence_connections"), metric(text, "presence_watched_users")
+
+        async with asyncio.timeout(10):
+            while await gauges() != (3, 25):  # noqa: ASYNC110 (polling against a deadline)
+                await asyncio.sleep(0.02)
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+            while (await gauges())[0] != 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    assert warnings == []
+
+
+async def test_watch_all_says_when_the_app_gives_no_dev_tokens() -> None:
+    """Without dev_tokens on the app, --watch-all warns once and ends; the run goes on."""
+    settings = make_settings()
+    app = app_of(settings)
+    app = msgspec.structs.replace(app, dev_tokens=False)
+    settings = msgspec.structs.replace(settings, apps={app.id: app})
+    warnings: list[str] = []
+    async with serve(settings) as gw:
+        await watch_all(gw.url, app.id, ["alice"], asyncio.Event(), warnings.append)
+    assert warnings == ["--watch-all: no dev token (HTTP 404): the app needs dev_tokens"]
