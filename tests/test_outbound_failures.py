@@ -29,6 +29,17 @@ class AofRedis(RedisServer):
         return [*argv, "--appendfsync", "always"]
 
 
+async def metrics_with(node: Node, line: str, within: float = 10.0) -> str:
+    """Poll the node's /metrics (another process: no event to await) until ``line`` shows."""
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient() as client:
+        while True:
+            text = (await client.get(f"{node.url}/metrics")).text
+            if line in text or time.monotonic() > deadline:
+                return text
+            await asyncio.sleep(0.1)
+
+
 def unique(name: str) -> str:
     return f"{name}-{time.time_ns()}"
 
@@ -145,3 +156,18 @@ async def test_queue_bound_drops_oldest(tmp_path: Path, redis_url: str) -> None:
             finally:
                 await client.aclose()
     assert 10 <= length < 200
+
+
+async def test_memory_queue_bound_counts_drops(tmp_path: Path) -> None:
+    """On memory, beyond max_queue (those in delivery included) messages are dropped and
+    counted outcome="dropped"."""
+    async with receiving() as rx:
+        rx.default = STALL
+        text = config_text([rx.url], max_queue=10, timeout_s=30)
+        async with nodes(tmp_path, 1, text) as [node]:
+            await asyncio.gather(*(tencent(node, unique(f"m{i}"), "Login") for i in range(40)))
+            line = 'presence_webhooks_out_total{app="nodes",outcome="dropped"} 30.0'
+            metrics = await metrics_with(node, line)
+    assert line in metrics
+    assert 'presence_webhooks_out_queue{app="nodes",endpoint=' in metrics
+    assert len(rx.hits) <= 10

@@ -15,16 +15,19 @@ class MemoryQueue:
     def __init__(self, endpoint: WebhookEndpoint) -> None:
         self.events = frozenset(endpoint.events)
         self.max = endpoint.max_queue
-        self.dropped = 0
+        self._dropped = 0
+        self._taken = 0  # handed to the worker, not done yet
         self._items: deque[Message] = deque()
         self._ready = asyncio.Event()
 
     def put(self, message: Message) -> None:
         if message.kind not in self.events:
             return
-        if len(self._items) >= self.max:
+        if len(self._items) + self._taken >= self.max:  # the bound covers those in delivery
+            self._dropped += 1
+            if not self._items:
+                return  # every queued one is being delivered: the newest goes instead
             self._items.popleft()
-            self.dropped += 1
         self._items.append(message)
         self._ready.set()
 
@@ -39,19 +42,23 @@ class MemoryQueue:
         out: list[Message] = []
         while self._items and len(out) < limit:
             out.append(self._items.popleft())
+        self._taken += len(out)
         return out
 
     async def done(self, message: Message) -> None:
-        pass  # taken off the queue already
+        self._taken -= 1
+
+    def dropped(self) -> int:
+        return self._dropped
 
     def owns(self, message: Message) -> bool:
         return True  # one process: nobody else delivers
 
     def forget(self, message: Message) -> None:
-        pass
+        self._taken -= 1
 
     async def depth(self) -> int:
-        return len(self._items)
+        return len(self._items) + self._taken
 
     async def close(self) -> None:
         pass

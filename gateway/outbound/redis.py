@@ -315,6 +315,9 @@ class RedisSource:
                     total += int(lag or 0) + int(g.get(b"pending", g.get("pending")) or 0)
         return total
 
+    def dropped(self) -> int:
+        return 0  # MAXLEN ~ trims without saying whether this group had read them
+
     async def close(self) -> None:
         # give the leases back: another node goes on at once
         for bucket in [*self._held, *self._draining]:

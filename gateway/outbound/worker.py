@@ -43,6 +43,10 @@ class Source(Protocol):
         """Messages waiting (queued, or taken and not done)."""
         ...
 
+    def dropped(self) -> int:
+        """Messages dropped so far because the queue was full (0 when it cannot tell)."""
+        ...
+
     def owns(self, message: Message) -> bool:
         """Whether this node may still start delivering ``message`` (its lease is held)."""
         ...
@@ -79,6 +83,7 @@ class Delivery:
         self._chains: dict[str, deque[Message]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._buffered = 0
+        self._dropped = 0  # as last counted
         self._room = asyncio.Event()
         self._slots = asyncio.Semaphore(endpoint.concurrency)
         self._client = httpx.AsyncClient(
@@ -123,6 +128,16 @@ class Delivery:
 
     def _gauge(self, depth: int) -> None:
         self.metrics.webhooks_out_depth.labels(self.app, self.name).set(depth)
+        dropped = self.source.dropped()
+        if dropped > self._dropped:
+            self.metrics.webhooks_out.labels(self.app, "dropped").inc(dropped - self._dropped)
+            log.warning(
+                "webhooks out %s (app %s): queue full, %d oldest dropped",
+                self.name,
+                self.app,
+                dropped - self._dropped,
+            )
+            self._dropped = dropped
 
     def _chain(self, message: Message) -> None:
         self._buffered += 1
