@@ -165,9 +165,11 @@ async def test_memory_queue_bound_counts_drops(tmp_path: Path) -> None:
         rx.default = STALL
         text = config_text([rx.url], max_queue=10, timeout_s=30)
         async with nodes(tmp_path, 1, text) as [node]:
-            await asyncio.gather(*(tencent(node, unique(f"m{i}"), "Login") for i in range(40)))
+            await asyncio.gather(*(tencent(node, unique(f"m{i}"), "Login") for i in range(10)))
+            await rx.wait(lambda hits: len(hits) >= 10)  # all ten in delivery (stalled)
+            await asyncio.gather(*(tencent(node, unique(f"n{i}"), "Login") for i in range(30)))
             line = 'presence_webhooks_out_total{app="nodes",outcome="dropped"} 30.0'
             metrics = await metrics_with(node, line)
     assert line in metrics
     assert 'presence_webhooks_out_queue{app="nodes",endpoint=' in metrics
-    assert len(rx.hits) <= 10
+    assert len(rx.hits) == 10
