@@ -199,6 +199,25 @@ async def test_custom_expires_with_the_last_seen(backend: Backend) -> None:
     assert clock_ms() >= seen + 2 * S, "forgotten before last_seen_retention"
 
 
+async def test_custom_of_a_user_without_devices_expires(backend: Backend) -> None:
+    """A user known only by its custom status is forgotten last_seen_retention after the
+    custom was set (the Redis key gets a lifetime, as MemoryStore's user does)."""
+    settings = PresenceSettings(session_retention_s=1, max_event_age_s=1, last_seen_retention_s=1)
+    store, app = await backend.store(settings), new_app()
+    set_at = clock_ms()
+    await store.apply(app, [custom_event("bob", "Away", set_at)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        await store.sweep()
+        [state] = await store.get(app, ["bob"])
+        if state == UserState("bob"):
+            break
+        assert state.custom == "Away"
+    else:
+        raise AssertionError("the user never expired")
+    assert clock_ms() >= set_at + S, "forgotten before last_seen_retention"
+
+
 async def test_watcher_gets_custom_change(backend: Backend) -> None:
     """A subscriber receives the published custom change, with the custom in its JSON."""
     store, app = await backend.store(), new_app()
