@@ -229,6 +229,7 @@ class Worker:
             return True
         if now >= self.next_round:
             self.next_round = now + self.target.interval_s
+            self._forget(now - 2 * self.target.interval_s)
             online = await self._online_users()
             self.round = sorted(online, key=lambda u: self.checked_at.get(u, float("-inf")))
             if not self.round:
@@ -261,6 +262,14 @@ class Worker:
             await self.check(retry)
             return True
         return False
+
+    def _forget(self, before: float) -> None:
+        """Drop check times older than ``before`` (such a user sorts first either way) and
+        retries beyond ``QUEUE_CAP``, so neither grows with every user ever seen."""
+        self.checked_at = {u: at for u, at in self.checked_at.items() if at >= before}
+        if len(self.retries) > QUEUE_CAP:
+            keep = sorted(self.retries.items(), key=lambda item: item[1][0])[:QUEUE_CAP]
+            self.retries = dict(keep)
 
     async def _online_users(self) -> list[str]:
         """Every user of the app shown online (from the published states)."""
