@@ -52,13 +52,25 @@ def first_ids(rx: Receiver) -> dict[str, str]:
     return out
 
 
-async def test_killed_node_pending_picked_up(tmp_path: Path, redis_url: str) -> None:
+@pytest.fixture(params=["redis", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """A Redis URL and whether it is a cluster."""
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url"), False
+    return request.getfixturevalue("redis_cluster_url"), True
+
+
+async def test_killed_node_pending_picked_up(
+    tmp_path: Path, redis_target: tuple[str, bool]
+) -> None:
     """Messages a SIGKILLed node had taken but not delivered go out from the next node,
     with the same webhook-ids."""
-    users = [unique(f"k{i}") for i in range(5)]
+    url, cluster = redis_target
+    users = [unique(f"k{i}") for i in range(8)]
     async with receiving() as rx:
         rx.default = 500
-        text = config_text([rx.url], redis_url=redis_url, schedule="[0.2, 0.2, 0.2, 0.2, 0.2]")
+        schedule = str([0.2] * 20)
+        text = config_text([rx.url], redis_url=url, cluster=cluster, schedule=schedule)
         (tmp_path / "gateway.toml").write_text(text)
         a = Node(tmp_path / "gateway.toml", tmp_path / "a.log")
         await a.start()
