@@ -794,12 +794,20 @@ def _settled_rss(pid: int) -> int:
     return readings[-1]
 
 
+def heal(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
+    """Reconciliation heals dropped webhooks (bench/heal.py; imported late, it uses Result)."""
+    from bench.heal import heal as run_heal
+
+    return run_heal(bench, args, target)
+
+
 SCENARIOS: dict[str, Callable[[Bench, argparse.Namespace, Target], Result]] = {
     "ingest": ingest,
     "latency": latency,
     "fanout": fanout,
     "conns": conns,
     "cluster": cluster,
+    "heal": heal,
 }
 
 # Per-scenario defaults for options left unset on the command line.
@@ -816,4 +824,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "conns": {"duration": 10.0, "users": 5000, "conns": 20_000, "watch": 10, "rate": 20.0},
     "cluster": {"duration": 30.0, "users": 5000, "conns": 2000, "watch": 20, "rate": 200.0},
+    # heal: --duration is the sending, --rate webhooks/s (each to both apps)
+    "heal": {"duration": 40.0, "users": 2000, "rate": 100.0},
 }
