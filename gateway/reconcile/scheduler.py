@@ -15,8 +15,9 @@ death). The holder, in this order of priority, one chunk at a time:
    ``interval_s`` (a work set, so one user is queued once); the holder skips a user checked
    within ``interval_s``;
 5. users whose check failed, again after a capped backoff (a provider's hint honoured);
-6. with ``max_silence_s``: the silence sweep over the users shown online, every
-   ``max_silence_s / 4`` (at most 5 s, at least 1 s).
+6. with ``max_silence_s``: the silence sweep over the users shown online (their records read),
+   every ``max_silence_s / 10`` (at least 1 s, at most 30 s): a silent device goes offline
+   that much late at most, stamped at the time it fell silent.
 
 What answers and silences change is ``rules``; everything goes through ``store.apply``. The
 stats of the last pass (``last_pass_at``, ``checked``, ``corrected``, ``errors``: everything
@@ -219,7 +220,7 @@ class Worker:
         """Do the most urgent chunk of work; False when there was none."""
         now = time.monotonic()
         if self.target.silence_ms > 0 and now >= self.next_silence:
-            self.next_silence = now + min(5.0, max(1.0, self.target.silence_ms / 4000))
+            self.next_silence = now + min(30.0, max(1.0, self.target.silence_ms / 10_000))
             await self.sweep_silence()
         if self.client is None or now < self.paused_until:
             return False
