@@ -3,6 +3,7 @@ against the loopback pull-API fakes of tests/pullapi.py."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -279,3 +280,33 @@ def test_pass_stats_encode_as_the_api_shows_them() -> None:
         "corrected": 2,
         "errors": 3,
     }
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_credentials_never_logged(
+    server: FakeServer, provider: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failing checks of every provider log their errors without any credential."""
+    from gateway.backends.base import PresenceSettings
+    from gateway.backends.memory import MemoryStore
+
+    caplog.set_level(logging.DEBUG)
+    store = MemoryStore(PresenceSettings())
+    user = user_id("quiet")
+    f = fake(server, provider)
+    f.online(user, "ios")
+    w = worker(server, provider, store)
+    await w.check([user])  # a good call first: the credential is made and used
+    faults = ["ratelimit", "http500"] + ([] if provider == "rongcloud" else ["expired", "expired"])
+    f.faults[:] = faults * 3
+    await w.check([user])
+    assert caplog.text and w.stats.errors >= 1
+    cfg = table(server, provider)
+    secrets = set(f.credentials)
+    for name in ("secret_key", "secret"):
+        value = getattr(getattr(cfg, "reconcile", None), name, None)
+        if value:
+            secrets.add(value)
+    secrets.add(getattr(cfg, "app_secret", "") or "-no-secret-")
+    for secret in secrets:
+        assert secret not in caplog.text
