@@ -234,3 +234,21 @@ def test_query_value_takes_the_first_match_folding_case_on_request() -> None:
     assert query_value(req, "Sign", fold=True) == "a"
     assert query_value(req, "y", "X", fold=True) == "1"
     assert query_value(req, "y") is None
+
+
+def test_provider_tables_never_show_their_secrets_in_repr() -> None:
+    """repr() of every provider table (tracebacks, debuggers, logs) hides its secrets."""
+    from gateway.config import dev_settings
+
+    tables = dev_settings().apps["demo"].providers()
+    secrets = {
+        getattr(table, name)
+        for table in tables.values()
+        for name in type(table).SECRET_FIELDS
+        if getattr(table, name, "")
+    }
+    assert len(secrets) >= 4  # rongcloud, standard, easemob, netease (the tokens are empty)
+    for table in tables.values():
+        text = repr(table)
+        assert type(table).__name__ in text
+        assert not any(secret in text for secret in secrets), text

@@ -44,6 +44,17 @@ class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # long goes offline (reason ``silence``); 0 = off (SPEC 2; gateway.reconcile.scheduler)
     max_silence_s: Annotated[int, msgspec.Meta(ge=0, le=30 * 86_400)] = 0
 
+    SECRET_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"secret", "app_secret", "token", "callback_token", "secret_key"}
+    )
+
+    def __repr__(self) -> str:  # never show secrets, even in a debugger or a traceback
+        shown = (
+            f"{name}={'***' if name in self.SECRET_FIELDS else repr(getattr(self, name))}"
+            for name in self.__struct_fields__
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     def validate(self) -> None:
         """Raise ``ValueError("key: reason")`` when a value is well typed but unusable."""
         parse_networks(self.allowed_ips)
