@@ -10,9 +10,11 @@ devices), else the platform id (v3.8.2+ sends an empty ``connID``); the event ti
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
-from gateway.model import normalize_platform
+from gateway.model import PresenceEvent, normalize_platform
 from gateway.providers.base import (
     Millis,
     Parsed,
@@ -54,6 +56,11 @@ PLATFORM_IDS = {
 }
 
 
+# platform id -> the ``platform`` name OpenIM sends with it (build_request)
+PLATFORM_NAMES = {1: "IOS", 2: "Android", 3: "Windows", 4: "OSX", 5: "Web", 6: "MiniWeb"}
+PLATFORM_NAMES |= {7: "Linux", 8: "APad", 9: "IPad", 10: "Admin", 11: "HarmonyOS"}
+
+
 class OpenIMConfig(ProviderConfig, kw_only=True):
     """``[apps.openim]``."""
 
@@ -70,6 +77,53 @@ class OpenIMConfig(ProviderConfig, kw_only=True):
 
 _ID_OF = {name: pid for pid, name in PLATFORM_IDS.items()}
 _PLAUSIBLE_MS = 10**12  # 2001-09-09: a smaller seq is a counter (old docs), not a clock
+
+
+def command_of(ev: PresenceEvent, *, after: bool = True) -> str:
+    """The callback command of ``ev``: Online, KickOff (reason ``kicked``) or Offline."""
+    kind = "Online" if ev.online else ("KickOff" if ev.reason == "kicked" else "Offline")
+    return f"callback{'After' if after else ''}User{kind}Command"
+
+
+def build_request(
+    config: OpenIMConfig,
+    ev: PresenceEvent,
+    *,
+    command_in: Literal["path", "query", "body"] = "path",
+    after: bool = True,
+    operation_id: str = "op-1",
+    now_ms: int | None = None,
+) -> WebhookRequest:
+    """The user callback OpenIM would send for ``ev`` (the inverse of ``parse``).
+
+    ``ev.platform`` is one of ``PLATFORM_IDS``' names; ``ev.device`` its platform id (sent
+    as an empty ``connID``, OpenIM >= 3.8.2) or a ``connID``; ``ev.time`` (ms, from 2001 on)
+    the ``seq``. The path starts with the config's token, if any; the command goes in the path
+    (v3.5+), in ``?command=`` (v3.0-3.4) or only in the body; ``after`` picks the
+    ``callbackAfter...`` names (v3.7+) over ``callback...``.
+    """
+    command = command_of(ev, after=after)
+    pid = _ID_OF[ev.platform]
+    body: dict[str, object] = {
+        "callbackCommand": command,
+        "operationID": operation_id,
+        "platformID": pid,
+        "platform": PLATFORM_NAMES[pid],
+        "userID": ev.user,
+        "seq": ev.time,
+        "connID": "" if ev.device == str(pid) else ev.device,
+    }
+    if ev.online:
+        body["isAppBackground"] = False
+    path = (config.token,) if config.token else ()
+    return WebhookRequest(
+        path=(*path, command) if command_in == "path" else path,
+        query=(("command", command),) if command_in == "query" else (),
+        headers={"content-type": "application/json", "operationid": operation_id},
+        body=json_encoder.encode(body),
+        client_ip=None,
+        now_ms=ev.time if now_ms is None else now_ms,
+    )
 
 
 class _Command(msgspec.Struct):

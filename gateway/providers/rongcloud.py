@@ -12,6 +12,9 @@ key is ``sessionId``; ``clientIp`` is never used.
 from __future__ import annotations
 
 import hashlib
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import msgspec
 
@@ -45,6 +48,16 @@ _NONCE = ("nonce", "rc-nonce")
 _TIMESTAMP = ("timestamp", "signtimestamp", "rc-timestamp")
 _SIGNATURE = ("signature", "rc-signature")
 
+# build_request's wire forms: the query names of nonce, timestamp and signature of each
+# generation, and whether its timestamp is in seconds (the oldest, rc-*) rather than ms.
+STYLES = {
+    "timestamp": (("nonce", "timestamp", "signature"), False),
+    "signTimestamp": (("nonce", "signTimestamp", "signature"), False),
+    "rc": (("rc-nonce", "rc-timestamp", "rc-signature"), True),
+}
+OS_OF = {"ios": "iOS", "android": "Android", "harmonyos": "HarmonyOS", "pc": "PC"}
+OS_OF |= {"web": "Websocket", "miniprogram": "MiniProgram"}  # our platform -> ``os``
+
 
 class RongCloudConfig(ProviderConfig, kw_only=True):
     """``[apps.rongcloud]``."""
@@ -72,6 +85,65 @@ class _Event(msgspec.Struct):
 def sign(app_secret: str, nonce: str, timestamp: int | str) -> str:
     """RongCloud's ``signature``: sha1 hex of app secret, nonce and timestamp."""
     return hashlib.sha1(f"{app_secret}{nonce}{timestamp}".encode()).hexdigest()
+
+
+def status_of(ev: PresenceEvent) -> str:
+    """The ``status`` RongCloud sends for ``ev``: "0" online, "2" logout, "1" any offline."""
+    return "0" if ev.online else ("2" if ev.reason == "logout" else "1")
+
+
+def signed_query(
+    config: RongCloudConfig,
+    now_ms: int,
+    *,
+    style: Literal["timestamp", "signTimestamp", "rc"] = "timestamp",
+    nonce: str | None = None,
+) -> tuple[tuple[str, str], ...]:
+    """``appKey`` and the signed nonce / timestamp / signature of ``style``, at ``now_ms``."""
+    names, seconds = STYLES[style]
+    nonce = secrets.token_hex(8) if nonce is None else nonce
+    ts = str(now_ms // 1000 if seconds else now_ms)
+    values = (nonce, ts, sign(config.app_secret, nonce, ts))
+    return (("appKey", config.app_key), *zip(names, values, strict=True))
+
+
+def build_request(
+    config: RongCloudConfig,
+    events: Sequence[PresenceEvent],
+    *,
+    now_ms: int,
+    style: Literal["timestamp", "signTimestamp", "rc"] = "timestamp",
+    single: bool = False,
+    nonce: str | None = None,
+    client_ip: str | Callable[[PresenceEvent], str] = "10.1.2.3:50000",
+) -> WebhookRequest:
+    """The signed status batch RongCloud would send for ``events`` (the inverse of ``parse``).
+
+    Each ``ev.device`` is its ``sessionId``; an offline with reason ``logout`` is status "2",
+    any other offline "1" (parsed back with reason ``offline``). ``single`` sends the one
+    event as an object, not an array. ``style`` picks the parameter names (``STYLES``);
+    ``nonce`` defaults to a random one (a reused nonce is a replay).
+    """
+    assert not single or len(events) == 1, "a single object carries one event"
+    items = [
+        {
+            "userid": ev.user,
+            "status": status_of(ev),
+            "os": OS_OF.get(ev.platform, ev.platform),
+            "time": ev.time,
+            "clientIp": client_ip if isinstance(client_ip, str) else client_ip(ev),
+            "sessionId": ev.device,
+        }
+        for ev in events
+    ]
+    return WebhookRequest(
+        path=(),
+        query=signed_query(config, now_ms, style=style, nonce=nonce),
+        headers={"content-type": "application/json"},
+        body=json_encoder.encode(items[0] if single else items),
+        client_ip=None,
+        now_ms=now_ms,
+    )
 
 
 def _param(req: WebhookRequest, names: tuple[str, ...]) -> str | None:

@@ -17,13 +17,21 @@ import base64
 import binascii
 import hmac
 import time
+import uuid
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
 from standardwebhooks.webhooks import hmac_data
 
 from gateway.backends.base import PresenceSettings
-from gateway.model import MAX_CUSTOM_BYTES, custom_event, custom_too_long, normalize_platform
+from gateway.model import (
+    MAX_CUSTOM_BYTES,
+    PresenceEvent,
+    custom_event,
+    custom_too_long,
+    normalize_platform,
+)
 from gateway.providers.base import (
     Millis,
     Parsed,
@@ -104,6 +112,41 @@ def sign(secret: str, msg_id: str, body: bytes, timestamp: int | None = None) ->
         "webhook-timestamp": ts,
         "webhook-signature": "v1," + base64.b64encode(mac).decode(),
     }
+
+
+def build_request(
+    config: StandardConfig,
+    events: Sequence[PresenceEvent],
+    *,
+    now_ms: int,
+    msg_id: str | None = None,
+) -> WebhookRequest:
+    """The signed Standard Webhooks call carrying ``events`` (the inverse of ``parse``).
+
+    An offline with reason ``logout`` is status ``logout``, any other offline ``offline``
+    (parsed back with that reason); a custom event (``ev.custom`` set) is ``{user, time,
+    custom}``, null for a clear. ``msg_id`` (``webhook-id``) defaults to a fresh one; a
+    re-send keeps it. Signed at ``now_ms`` (in s).
+    """
+    items: list[dict[str, object]] = []
+    for ev in events:
+        if ev.custom is not None:
+            items.append({"user": ev.user, "time": ev.time, "custom": ev.custom or None})
+            continue
+        status = "online" if ev.online else ("logout" if ev.reason == "logout" else "offline")
+        item = {"user": ev.user, "device": ev.device, "platform": ev.platform, "status": status}
+        items.append(item | {"time": ev.time})
+    body = json_encoder.encode({"events": items})
+    msg_id = f"msg_{uuid.uuid4().hex}" if msg_id is None else msg_id
+    return WebhookRequest(
+        path=(),
+        query=(),
+        headers={"content-type": "application/json"}
+        | sign(config.secret, msg_id, body, now_ms // 1000),
+        body=body,
+        client_ip=None,
+        now_ms=now_ms,
+    )
 
 
 def _signatures(header: str) -> list[bytes]:

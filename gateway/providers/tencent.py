@@ -11,10 +11,12 @@ does not retry, so refusing a longer text would only lose the change.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import Literal
 
 import msgspec
 
-from gateway.model import PLATFORMS, custom_event, fit_custom, normalize_platform
+from gateway.model import PLATFORMS, PresenceEvent, custom_event, fit_custom, normalize_platform
 from gateway.providers.base import (
     MAX_MS,
     Millis,
@@ -38,6 +40,19 @@ COMMAND = "State.StateChange"
 _OK = Reply(200, json_encoder.encode({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}))
 MAX_SKEW_S = 60  # Tencent's advice for RequestTime
 _MAX_DIGITS = 16  # of a RequestTime or string EventTime: more is no time (int() fails past 4300)
+
+# build_request's wire names. This callback sends "IOS" in OptPlatform, "iOS" in KickedDevice.
+OPT_PLATFORM = {"ios": "IOS", "android": "Android", "windows": "Windows", "mac": "Mac"}
+OPT_PLATFORM |= {"web": "Web", "ipad": "iPad", "linux": "Linux", "server": "RESTAPI"}
+KICKED_PLATFORM = OPT_PLATFORM | {"ios": "iOS"}
+# an event's reason (Info.Reason lower-cased, as parse reports it) -> (Action, Reason) sent
+ACTIONS = {
+    "register": ("Login", "Register"),
+    "unregister": ("Logout", "Unregister"),
+    "openkickinstance": ("Logout", "OpenKickInstance"),  # every platform goes offline
+    "linkclose": ("Disconnect", "LinkClose"),
+    "timeout": ("Disconnect", "TimeOut"),
+}
 
 
 class TencentConfig(ProviderConfig, kw_only=True):
@@ -94,6 +109,67 @@ def _event_time(value: int | str | None, now_ms: int) -> int:
 def sign(token: str, request_time: int | str) -> str:
     """Tencent's callback ``Sign``: sha256 hex of the token followed by RequestTime."""
     return hashlib.sha256(f"{token}{request_time}".encode()).hexdigest()
+
+
+def build_request(
+    config: TencentConfig,
+    ev: PresenceEvent,
+    *,
+    kicked: Sequence[str] = (),
+    opt_platform: str | None = None,
+    custom_in: Literal["Info", "top"] = "Info",
+    client_ip: str = "10.1.2.3",
+    now_ms: int | None = None,
+) -> WebhookRequest:
+    """The ``State.StateChange`` Tencent would send for ``ev`` (the inverse of ``parse``).
+
+    ``ev.device`` is its platform; ``ev.reason`` one of ``ACTIONS`` picks Action and Reason
+    (any other: ``Login``/``Register`` online, ``Logout``/``Unregister`` offline). ``kicked``
+    platforms (of a Login) are listed in ``KickedDevice``; ``opt_platform`` overrides the
+    ``OptPlatform`` sent (e.g. ``macOS``). A custom event (``ev.custom`` set) is a
+    ``CustomStatusChange`` with the text in ``Info`` or at the top level. Signed (``Sign``,
+    ``RequestTime`` = ``now_ms`` in s, default ``ev.time``) when ``callback_token`` is set.
+    """
+    now = ev.time if now_ms is None else now_ms
+    info: dict[str, object]
+    if ev.custom is not None:
+        info = {"Action": "CustomStatusChange", "To_Account": ev.user, "Reason": "SetCustomStatus"}
+    else:
+        action, reason = ACTIONS.get(ev.reason) or (
+            ("Login", "Register") if ev.online else ("Logout", "Unregister")
+        )
+        assert (action == "Login") == ev.online, f"reason {ev.reason!r} of an online={ev.online}"
+        info = {"Action": action, "To_Account": ev.user, "Reason": reason}
+    body: dict[str, object] = {"CallbackCommand": COMMAND, "EventTime": ev.time, "Info": info}
+    if ev.custom is not None:
+        (info if custom_in == "Info" else body)["CustomStatus"] = ev.custom
+    if kicked:
+        assert ev.online, "KickedDevice comes with a Login"
+        body["KickedDevice"] = [{"Platform": KICKED_PLATFORM.get(p, p)} for p in kicked]
+    if opt_platform is None:
+        opt_platform = "RESTAPI" if ev.reason == "openkickinstance" else ev.platform
+        opt_platform = OPT_PLATFORM.get(opt_platform, opt_platform)
+    query = [
+        ("SdkAppid", str(config.sdkappid)),
+        ("CallbackCommand", COMMAND),
+        ("contenttype", "json"),
+        ("ClientIP", client_ip),
+        ("OptPlatform", opt_platform),
+    ]
+    if config.callback_token:
+        request_time = str(now // 1000)
+        query += [
+            ("RequestTime", request_time),
+            ("Sign", sign(config.callback_token, request_time)),
+        ]
+    return WebhookRequest(
+        path=(),
+        query=tuple(query),
+        headers={"content-type": "application/json"},
+        body=json_encoder.encode(body),
+        client_ip=None,
+        now_ms=now,
+    )
 
 
 class TencentProvider(Provider):
