@@ -312,6 +312,26 @@ async def test_demo_panel_changes_presence(
     await expect(detail).to_have_text(re.compile(r"^Last seen "))
 
 
+async def test_demo_panel_sets_and_clears_a_custom_status(
+    page: Page, gateway: GatewayProcess
+) -> None:
+    """The panel's Tencent CustomStatusChange shows in the friend's row and label, then clears."""
+    await page.goto(gateway.url("/"))
+    await expect(page.locator("#conn")).to_have_attribute("data-status", "open", timeout=WAIT_MS)
+    detail = page.locator('.friend[data-user="carol"] .detail')
+    dot = page.locator('#friends presence-dot[user="carol"]')
+    await page.locator("#hook-user").select_option("carol")
+    await page.locator("#hook-provider label", has_text="Tencent").click()
+    await page.locator("#hook-custom").fill("In a <b>meeting</b>")
+    await page.locator('#hook-actions button[data-presence="custom"]').click()
+    await expect(page.locator("#log li").first).to_have_attribute("data-http-status", "200")
+    await expect(detail).to_have_text(re.compile(r"· In a <b>meeting</b>$"), timeout=WAIT_MS)
+    await expect(dot).to_have_attribute("aria-label", re.compile(r": In a <b>meeting</b>$"))
+    await page.locator("#hook-custom").fill("")
+    await page.locator('#hook-actions button[data-presence="custom"]').click()
+    await expect(detail).not_to_have_text(re.compile("meeting"), timeout=WAIT_MS)
+
+
 async def test_demo_screenshot(
     page: Page, gateway: GatewayProcess, http: httpx.AsyncClient
 ) -> None:

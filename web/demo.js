@@ -3,7 +3,7 @@
 // this gateway.
 
 import { PresenceClient } from "./presence.js";
-import { describePresence, platformIcon, platformName, timeAgo, usePresence } from "./presence-dot.js";
+import { customOf, describePresence, platformIcon, platformName, timeAgo, usePresence } from "./presence-dot.js";
 
 // ------------------------------------------------------------------------------------------
 // Dev-mode settings. These are the values `presence-gateway serve` configures when it runs
@@ -48,6 +48,8 @@ const PROVIDERS = {
       { label: "Login", presence: "online", action: "Login", reason: "Register" },
       { label: "Logout", presence: "offline", action: "Logout", reason: "Unregister" },
       { label: "Disconnect", presence: "offline", action: "Disconnect", reason: "LinkClose" },
+      // SPEC 3.1: the custom status text, from the "Custom status" field (empty clears it)
+      { label: "Set custom status", presence: "custom", action: "CustomStatusChange", reason: "SetCustomStatus" },
     ],
     send: sendTencent,
   },
@@ -243,6 +245,8 @@ function renderFriend(user) {
   } else {
     detail.textContent = state.since == null ? "Never seen" : `Last seen ${timeAgo(state.since)}`;
   }
+  const custom = customOf(state);
+  if (custom) detail.textContent += ` · ${custom}`; // text, never markup
   const key = platforms.join();
   if (devices.dataset.key !== key) {
     devices.dataset.key = key;
@@ -292,6 +296,11 @@ function setupPanel() {
     providerBox.append(label);
   }
   renderProvider();
+  const customField = $("hook-custom-field");
+  customField.hidden = currentProvider() !== "tencent";
+  providerBox.addEventListener("change", () => {
+    customField.hidden = currentProvider() !== "tencent";
+  });
 
   $("log-clear").addEventListener("click", () => $("log").replaceChildren());
 }
@@ -314,7 +323,7 @@ function renderProvider() {
       button.type = "button";
       button.textContent = action.label;
       button.dataset.presence = action.presence;
-      button.className = action.presence === "online" ? "primary" : "secondary";
+      button.className = action.presence === "online" ? "primary" : action.presence === "custom" ? "ghost" : "secondary";
       button.addEventListener("click", () => send(key, action, button));
       return button;
     }),
@@ -362,6 +371,10 @@ function sendTencent(action, user, platform) {
     EventTime: Date.now(),
     Info: { Action: action.action, To_Account: user, Reason: action.reason },
   };
+  if (action.action === "CustomStatusChange") {
+    const custom = /** @type {HTMLInputElement} */ ($("hook-custom")).value.trim();
+    Object.assign(body.Info, { CustomStatus: custom });
+  }
   return postJson(`/v1/apps/${DEV.app}/webhooks/tencent?${query}`, body);
 }
 
