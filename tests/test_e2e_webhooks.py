@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,11 +13,16 @@ import msgspec
 import pytest
 
 from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
-from gateway.providers.rongcloud import RongCloudConfig
+from gateway.model import PresenceEvent, normalize_platform
+from gateway.providers.rongcloud import RongCloudConfig, signed_query
 from gateway.providers.tencent import TencentConfig
+from gateway.providers.tencent import build_request as build_tencent
 from tests.live import LiveGateway, serve
+from tests.sendhook import post
 
 TOKEN = "cb-token"
+TENCENT = TencentConfig(sdkappid=1400000000, callback_token=TOKEN)
+RONGCLOUD = RongCloudConfig(app_key="rk", app_secret="rs")
 
 
 def make_settings(redis_url: str | None = None, *, cluster: bool = False) -> Settings:
@@ -28,8 +31,8 @@ def make_settings(redis_url: str | None = None, *, cluster: bool = False) -> Set
     app = msgspec.structs.replace(
         base,
         id=f"t{uuid.uuid4().hex[:12]}",
-        tencent=TencentConfig(sdkappid=1400000000, callback_token=TOKEN),
-        rongcloud=RongCloudConfig(app_key="rk", app_secret="rs"),
+        tencent=TENCENT,
+        rongcloud=RONGCLOUD,
     )
     redis = RedisConfig(url=redis_url, cluster=cluster) if redis_url else None
     return Settings(apps={app.id: app}, redis=redis)
@@ -52,33 +55,18 @@ async def tencent(
     event_time: int | None = None,
 ) -> httpx.Response:
     """POST one signed Tencent State.StateChange."""
-    rt = str(int(time.time()))
-    sign = hashlib.sha256((TOKEN + rt).encode()).hexdigest()
-    reason = {"Login": "Register", "Logout": "Unregister", "Disconnect": "LinkClose"}[action]
-    body = {
-        "CallbackCommand": "State.StateChange",
-        "EventTime": event_time or now_ms(),
-        "Info": {"Action": action, "To_Account": user, "Reason": reason},
-    }
-    params = {
-        "SdkAppid": "1400000000",
-        "CallbackCommand": "State.StateChange",
-        "contenttype": "json",
-        "ClientIP": "10.1.2.3",
-        "OptPlatform": platform,
-        "RequestTime": rt,
-        "Sign": sign,
-    }
-    return await client.post(f"/v1/apps/{app}/webhooks/tencent", params=params, json=body)
+    reason = {"Login": "register", "Logout": "unregister", "Disconnect": "linkclose"}[action]
+    ours = normalize_platform(platform)
+    ev = PresenceEvent(user, ours, ours, action == "Login", event_time or now_ms(), reason)
+    req = build_tencent(TENCENT, ev, opt_platform=platform, now_ms=now_ms())
+    return await post(client, app, "tencent", req)
 
 
 async def rongcloud(
     client: httpx.AsyncClient, app: str, events: list[dict[str, Any]]
 ) -> httpx.Response:
     """POST one signed RongCloud batch."""
-    nonce, ts = secrets.token_hex(8), str(now_ms())  # a fresh nonce: a reused one is a replay
-    sig = hashlib.sha1(("rs" + nonce + ts).encode()).hexdigest()
-    params = {"appKey": "rk", "nonce": nonce, "timestamp": ts, "signature": sig}
+    params = signed_query(RONGCLOUD, now_ms())  # a fresh nonce: a reused one is a replay
     return await client.post(f"/v1/apps/{app}/webhooks/rongcloud", params=params, json=events)
 
 
