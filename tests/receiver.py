@@ -159,13 +159,22 @@ max_queue = {max_queue}
     return text
 
 
-async def tencent(url: str, app: str, user: str, action: str, platform: str = "iOS") -> None:
+async def tencent(
+    url: str,
+    app: str,
+    user: str,
+    action: str,
+    platform: str = "iOS",
+    client: httpx.AsyncClient | None = None,
+) -> None:
     """POST a signed Tencent State.StateChange to the gateway at ``url``; check it was acked."""
     rt = str(int(time.time()))
     reason = {"Login": "Register", "Disconnect": "LinkClose"}[action]
-    async with httpx.AsyncClient(base_url=url) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(httpx.AsyncClient())
         r = await client.post(
-            f"/v1/apps/{app}/webhooks/tencent",
+            f"{url}/v1/apps/{app}/webhooks/tencent",
             params={
                 "SdkAppid": "1400000000",
                 "CallbackCommand": "State.StateChange",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.nodes import nodes
-from tests.receiver import STALL, config_text, receiving
+from tests.receiver import SECRET, STALL, config_text, receiving
 from tests.test_nodes import tencent
 
 
@@ -76,6 +76,9 @@ async def test_retries_keep_id_then_give_up(tmp_path: Path, backend_url: str | N
     assert len({h.id for h in first}) == 1
     assert {h.headers["webhook-id"] for h in first} == {first[0].id}
     assert [h.body["type"] for h in rx.delivered(user)] == ["user.offline"]
+    log = (tmp_path / "node0.log").read_text()
+    assert "gave up " + first[0].id in log
+    assert SECRET not in log and SECRET[6:] not in log and rx.url not in log
 
 
 async def test_stalled_endpoint_times_out_and_retries(

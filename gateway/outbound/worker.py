@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import httpx
 
@@ -23,6 +23,22 @@ from gateway.outbound.message import Message
 from gateway.outbound.signing import Signer
 
 log = logging.getLogger(__name__)
+
+
+class _NotOurs(logging.Filter):
+    """Drops httpx's per-request lines for webhook endpoints: one line per message is noise,
+    and an endpoint URL may carry a token (the gateway logs endpoints by group name only)."""
+
+    urls: ClassVar[set[str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(a, httpx.URL) and str(a) in self.urls for a in args)
+
+
+_httpx_log = logging.getLogger("httpx")
+if not any(isinstance(f, _NotOurs) for f in _httpx_log.filters):
+    _httpx_log.addFilter(_NotOurs())
 
 MAX_BUFFERED = 2000  # messages taken and not done yet, per endpoint and node
 TAKE = 200  # messages one take asks for
@@ -93,6 +109,7 @@ class Delivery:
             trust_env=False,
         )
         self._main: asyncio.Task[None] | None = None
+        _NotOurs.urls.add(str(httpx.URL(endpoint.url)))
 
     def start(self) -> None:
         self._main = asyncio.create_task(self._run(), name=f"webhooks-out-{self.name}")
