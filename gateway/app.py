@@ -199,7 +199,6 @@ def create_app(settings: Settings) -> WebSocketFront:
         Route(hook + "/{rest:path}", webhook, methods=["POST"]),
         Route("/v1/apps/{app}/presence", bind(api.presence), methods=["GET"]),
         Route("/v1/apps/{app}/users/{user:path}/custom", bind(api.set_custom), methods=["PUT"]),
-        Route("/v1/apps/{app}/sse", sse.Endpoint(settings.apps, gw.hub), methods=sse.METHODS),
         Route("/v1/apps/{app}/reconcile", bind(api.reconcile), methods=["GET", "POST"]),
         Route("/v1/apps/{app}/dev-token", bind(api.dev_token), methods=["GET"]),
         Route("/v1/apps/{app}/dev-webhook/{provider}", bind(devtools.webhook), methods=["POST"]),
@@ -218,13 +217,15 @@ def create_app(settings: Settings) -> WebSocketFront:
 
 
 _WS_PATH = re.compile(r"\A/v1/apps/([A-Za-z0-9_-]{1,64})/ws\Z")
+_SSE_PATH = re.compile(r"\A/v1/apps/([A-Za-z0-9_-]{1,64})/sse\Z")
 
 
 class WebSocketFront:
-    """Hands ``/v1/apps/{app}/ws`` straight to a ``Session``, everything else to Starlette.
+    """Hands ``/v1/apps/{app}/ws`` straight to a ``Session`` and ``/v1/apps/{app}/sse`` to
+    the event stream (``gateway.sse``), everything else to Starlette.
 
     Every open connection keeps its ASGI call's coroutine frames for its lifetime; skipping
-    Starlette's middleware and router for the one WebSocket route keeps that stack short.
+    Starlette's middleware and router for the two long-lived routes keeps that stack short.
     """
 
     def __init__(self, app: Starlette, gw: Gateway) -> None:
@@ -232,6 +233,7 @@ class WebSocketFront:
         self.gw = gw
         self.state = app.state  # tests and operators reach the gateway as app.state.gateway
         self.resolver = gw.edge.resolver
+        self.sse = sse.Endpoint(gw.settings.apps, gw.hub)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.resolver.trusted and scope["type"] != "lifespan":
@@ -241,6 +243,10 @@ class WebSocketFront:
             client = self.resolver.resolve(peer[0] if peer else None, scope["headers"])
             scope["client"] = (client, 0) if client is not None else None
         if scope["type"] != "websocket":
+            if scope["type"] == "http" and (stream := _SSE_PATH.match(scope["path"])):
+                scope["path_params"] = {"app": stream.group(1)}
+                await self.sse(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         match = _WS_PATH.match(scope["path"])

@@ -20,6 +20,8 @@ down (the client reconnects after ``retry``), or it stayed behind (cut, like 400
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 import msgspec
@@ -30,16 +32,18 @@ from gateway import session as session_module
 from gateway import tokens
 from gateway.api import MAX_QUERY_USERS, USER_ID, USER_ID_MAX, BadQuery, query_values
 from gateway.config import AppConfig
+from gateway.edge import redact_path
 from gateway.errors import StoreUnavailable
 from gateway.hub import Hub
 from gateway.protocol import Snapshot, encode, frame_payload
 from gateway.session import Session
 from gateway.transport import STREAM
 
+access_log = logging.getLogger("gateway.access")
+
 RETRY_MS = 2000
 RETRY = b"retry: %d\n\n" % RETRY_MS
 PING = b": ping\n\n"
-METHODS = ["GET", "OPTIONS"]
 ALLOWED_HEADERS = "authorization, cache-control, last-event-id"  # for a preflight
 PREFLIGHT_MAX_AGE_S = 600
 _TYPE = b'{"type":"'
@@ -129,17 +133,36 @@ class EventStream(Session):
 
 
 class Endpoint:
-    """The ASGI app of ``/v1/apps/{app}/sse`` (GET and its CORS preflight)."""
+    """The ASGI app of ``/v1/apps/{app}/sse`` (GET and its CORS preflight).
+
+    ``gateway.app.WebSocketFront`` calls it past Starlette's middleware and router (an open
+    stream keeps its call's frames for its lifetime), so it writes its own access line: the
+    path, never the query string (the token may be in it).
+    """
 
     def __init__(self, apps: dict[str, AppConfig], hub: Hub) -> None:
         self.apps = apps
         self.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = 500
+        try:
+            status = await self._answer(scope, receive, send)
+        finally:
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                redact_path(scope["path"]),
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer the request; its status."""
         app = self.apps.get(scope["path_params"]["app"])
         if app is None:
-            await _reply(send, 404, "not_found", "unknown app")
-            return
+            return await _reply(send, 404, "not_found", "unknown app")
         origin: str | None = None
         authorization: str | None = None
         for name, value in scope["headers"]:
@@ -150,39 +173,32 @@ class Endpoint:
         cors: list[tuple[bytes, bytes]] = [(b"vary", b"origin")]
         if origin is not None:
             if not ("*" in app.allowed_origins or origin in app.allowed_origins):
-                await _reply(send, 403, "forbidden", "origin not allowed", cors)
-                return
+                return await _reply(send, 403, "forbidden", "origin not allowed", cors)
             cors.append((b"access-control-allow-origin", origin.encode("latin-1")))
         if scope["method"] == "OPTIONS":
-            await _preflight(send, cors)
-            return
+            return await _preflight(send, cors)
         if scope["method"] != "GET":
-            await _reply(send, 405, "bad_request", "GET or OPTIONS only", cors)
-            return
+            return await _reply(send, 405, "bad_request", "GET or OPTIONS only", cors)
         try:
-            await self._stream(scope, receive, send, app, authorization, cors)
+            stream, presence = await self._open(scope, receive, app, authorization)
         except _Refusal as refusal:
-            await _reply(send, refusal.status, refusal.code, refusal.message, cors)
-
-    async def _stream(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        app: AppConfig,
-        authorization: str | None,
-        cors: list[tuple[bytes, bytes]],
-    ) -> None:
-        request = Request(scope)
+            return await _reply(send, refusal.status, refusal.code, refusal.message, cors)
         try:
-            given = query_values(request, "user")
-            token_values = query_values(request, "token")
-        except BadQuery as exc:
-            raise _Refusal(400, "bad_request", str(exc)) from None
+            if presence is not None:
+                await self._run(scope, receive, send, stream, presence, cors)
+        finally:
+            stream.finish()
+        return 200
+
+    async def _open(
+        self, scope: Scope, receive: Receive, app: AppConfig, authorization: str | None
+    ) -> tuple[EventStream, list[Any] | None]:
+        """Check the request and read the snapshot: an admitted stream (its ``finish`` is
+        the caller's) and its snapshot (None: closed meanwhile); _Refusal otherwise."""
+        given, token_values = _query(scope)
         claims = _verify(app, authorization, token_values)
         users = _users(app, given)
-        raw = scope.get("extensions", {}).get(STREAM)
-        if raw is None:
+        if scope.get("extensions", {}).get(STREAM) is None:
             raise _Refusal(503, "unavailable", "this server cannot stream events")
         stream = EventStream(receive, app, self.hub)
         stream.claims = claims
@@ -191,21 +207,43 @@ class Endpoint:
             raise _Refusal(403 if refusal[0] == "forbidden" else 400, *refusal)
         if not stream.admit(claims):
             raise _Refusal(429, "limit", "too many connections for this user")
+        self.hub.sessions.add(stream)  # a resync meanwhile holds what it read (pending)
         try:
-            self.hub.sessions.add(stream)  # a resync meanwhile holds what it read (pending)
-            try:
-                presence = await stream.add(users)
-            except StoreUnavailable:
-                raise _Refusal(503, "unavailable", "store unavailable, retry") from None
-            if presence is None:
-                return
-            await send({"type": "http.response.start", "status": 200, "headers": _HEAD + cors})
-            raw.stream_open(lambda: stream.close(1012, "the node is shutting down"))
-            stream.begin(raw, presence)
-            while (await receive())["type"] != "http.disconnect":
-                pass
-        finally:
+            return stream, await stream.add(users)
+        except StoreUnavailable:
             stream.finish()
+            raise _Refusal(503, "unavailable", "store unavailable, retry") from None
+        except BaseException:
+            stream.finish()
+            raise
+
+    async def _run(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        stream: EventStream,
+        presence: list[Any],
+        cors: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Stream until the connection ends."""
+        await send({"type": "http.response.start", "status": 200, "headers": _HEAD + cors})
+        raw = scope["extensions"][STREAM]
+        raw.stream_open(lambda: stream.close(1012, "the node is shutting down"))
+        stream.begin(raw, presence)
+        del presence, cors, raw  # an idle stream keeps none of its request
+        scope["headers"].clear()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+
+def _query(scope: Scope) -> tuple[list[str], list[str]]:
+    """The ``user`` and ``token`` values of the query string; 400 when it is malformed."""
+    request = Request(scope)
+    try:
+        return query_values(request, "user"), query_values(request, "token")
+    except BadQuery as exc:
+        raise _Refusal(400, "bad_request", str(exc)) from None
 
 
 _HEAD = [
@@ -256,7 +294,7 @@ def _users(app: AppConfig, given: list[str]) -> list[str]:
 
 async def _reply(
     send: Send, status: int, code: str, message: str, cors: list[tuple[bytes, bytes]] | None = None
-) -> None:
+) -> int:
     body = _encoder.encode(StreamError(error=code, message=message))
     headers = [
         (b"content-type", b"application/json"),
@@ -270,9 +308,10 @@ async def _reply(
         headers.append((b"retry-after", b"5"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+    return status
 
 
-async def _preflight(send: Send, cors: list[tuple[bytes, bytes]]) -> None:
+async def _preflight(send: Send, cors: list[tuple[bytes, bytes]]) -> int:
     headers = [
         *cors,
         (b"access-control-allow-methods", b"GET, OPTIONS"),
@@ -283,3 +322,4 @@ async def _preflight(send: Send, cors: list[tuple[bytes, bytes]]) -> None:
     ]
     await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
+    return 204

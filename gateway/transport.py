@@ -220,6 +220,13 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
         small, so a client that stops reading is seen behind after a few hundred KiB.
         """
         self.stream_shutdown = on_shutdown
+        # what a stream waits on for hours: the slimmer Flag, not an asyncio.Event (a deque
+        # each); nothing waits on them right now (the app is between its sends and receives)
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.message_event = _flag(cycle.message_event.is_set())  # type: ignore[assignment]
+        flow = self.flow
+        flow._is_writable_event = _flag(flow._is_writable_event.is_set())  # type: ignore[assignment]
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -331,6 +338,13 @@ class Flag:
             if self._waiter is None:
                 self._waiter = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._waiter)
+
+
+def _flag(on: bool) -> Flag:
+    flag = Flag()
+    if not on:
+        flag.clear()
+    return flag
 
 
 class _Connection(ServerProtocol):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import socket
@@ -28,6 +29,7 @@ from gateway.sse import EventStream
 from tests.live import LiveGateway, serve
 from tests.test_e2e_webhooks import app_of, make_settings, query, tencent
 from tests.test_fanout import Toggler
+from tests.test_heap import _cyclic_leftovers, _http_protocols
 from tests.test_ws_protocol import BAD_TOKENS
 from tests.wsclient import Client
 
@@ -521,3 +523,37 @@ async def test_a_quiet_stream_is_not_dropped_as_idle(monkeypatch: pytest.MonkeyP
             assert await stream.next(pings=True) == Event("comment", "ping")
         await live.login("bob")
         assert (await stream.presence("bob"))["status"] == "online"
+
+
+async def test_ended_streams_are_freed_behind_a_freeze() -> None:
+    """Streams frozen by the running HeapKeeper, then ended (by the client, by the server,
+    cut), are freed by reference counting: nothing left that only the collector could free."""
+    gc.collect()  # earlier tests' garbage must not be frozen and blamed on this one
+    async with running() as live, contextlib.AsyncExitStack() as stack:
+        keeper = live.parts.heap
+        opened = [await stack.enter_async_context(live.stream(f"u{i}")) for i in range(4)]
+        for stream in opened:
+            await stream.start()
+        sessions = live.streams()
+        refs = _http_protocols()  # each holds its stream (sink) while it is open
+        assert len(refs) >= 4
+        frozen = gc.get_freeze_count()
+        async with asyncio.timeout(10):
+            while gc.get_freeze_count() <= frozen:  # noqa: ASYNC110 (polling, a deadline)
+                await asyncio.sleep(keeper.interval / 4)
+        sessions[0].close(4001, "token expired")  # the server ends it
+        sessions[1].close(4008, "client too slow")  # the server cuts it
+        del sessions
+        await stack.aclose()  # the clients leave
+        leftovers: list[str] = []
+        try:
+            async with asyncio.timeout(5):
+                while any(ref() is not None for ref in refs):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            await keeper.stop()
+            leftovers = _cyclic_leftovers() or ["(alive, not garbage)"]
+        finally:
+            gc.unfreeze()
+        assert not live.streams() and not live.parts.hub.connections
+    assert leftovers == [], f"kept alive by cycles only the collector could free: {leftovers}"
