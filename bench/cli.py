@@ -56,10 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         "--vs",
         action="append",
         default=[],
-        choices=[*PEER_NAMES, "all"],
+        choices=[*PEER_NAMES, "gateway-sse", "all"],
         metavar="PEER",
         help=f"also run a peer, one after the other with the same parameters: "
-        f"{', '.join(PEER_NAMES)} or all (repeatable)",
+        f"{', '.join(PEER_NAMES)} or all (repeatable); gateway-sse: the gateway watched "
+        "through SSE streams",
     )
     p.add_argument(
         "--duration",

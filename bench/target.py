@@ -81,6 +81,9 @@ class Target:
             f"session_retention_s = {MAX_EVENT_AGE_S}",
             f"max_event_age_s = {MAX_EVENT_AGE_S}",
             "",
+            "[server]",  # every bench connection comes from 127.0.0.1
+            "max_connections_per_ip = 1000000",
+            "",
         ]
         if redis is not None:
             lines += [
