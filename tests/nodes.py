@@ -15,10 +15,13 @@ from pathlib import Path
 
 import httpx
 
+from gateway.providers.tencent import TencentConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_SECRET = "node-test-client-secret-0123456789abcdef"
 API_KEY = "node-test-api-key"
 TENCENT_TOKEN = "node-test-tencent-token"
+TENCENT = TencentConfig(sdkappid=1400000000, callback_token=TENCENT_TOKEN)  # config_text's
 
 
 def config_text(
@@ -38,8 +41,8 @@ client_secret = "{CLIENT_SECRET}"
 api_key = "{API_KEY}"
 
 [apps.tencent]
-sdkappid = 1400000000
-callback_token = "{TENCENT_TOKEN}"
+sdkappid = {TENCENT.sdkappid}
+callback_token = "{TENCENT.callback_token}"
 """
 
 

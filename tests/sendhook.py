@@ -11,7 +11,12 @@ import httpx
 import msgspec
 
 from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
+from gateway.model import PresenceEvent, normalize_platform
+from gateway.providers import tencent
 from gateway.providers.base import WebhookRequest
+
+TENCENT_REASONS = {"Login": "register", "Logout": "unregister", "Disconnect": "linkclose"}
+"""The Tencent ``Info.Action`` tests send -> its reason (``Info.Reason`` lower-cased)."""
 
 
 def settings_with(redis_url: str | None = None, **providers: Any) -> Settings:
@@ -28,6 +33,21 @@ def app_of(settings: Settings) -> AppConfig:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def tencent_call(
+    config: tencent.TencentConfig,
+    user: str,
+    action: str,
+    platform: str = "iOS",
+    event_ms: int | None = None,
+) -> WebhookRequest:
+    """A ``State.StateChange`` of ``action`` (Login, Logout, Disconnect) with ``OptPlatform``
+    ``platform`` as written, at ``event_ms`` (default now); signed now if the config says so."""
+    ours = normalize_platform(platform)
+    at = now_ms() if event_ms is None else event_ms
+    ev = PresenceEvent(user, ours, ours, action == "Login", at, TENCENT_REASONS[action])
+    return tencent.build_request(config, ev, opt_platform=platform, now_ms=now_ms())
 
 
 async def post(

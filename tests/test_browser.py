@@ -21,6 +21,9 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from gateway.config import dev_settings
+from tests.sendhook import post, tencent_call
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 APP = "demo"
-TENCENT_SDKAPPID = 1400000000  # what dev mode configures
+DEV = dev_settings().apps[APP]  # what dev mode configures
 STARTUP_TIMEOUT_S = 20.0
 # Generous for CI; the one-second promise is checked with its own timeout below.
 WAIT_MS = 10_000
@@ -197,24 +200,11 @@ def event_ms() -> int:
     return _last_ms
 
 
-TENCENT_REASONS = {"Login": "Register", "Logout": "Unregister", "Disconnect": "LinkClose"}
-
-
 async def tencent(http: httpx.AsyncClient, user: str, action: str, platform: str = "iOS") -> None:
     """Post a Tencent IM State.StateChange webhook and check that it was acked OK."""
-    params = {
-        "SdkAppid": str(TENCENT_SDKAPPID),
-        "CallbackCommand": "State.StateChange",
-        "contenttype": "json",
-        "ClientIP": "127.0.0.1",
-        "OptPlatform": platform,
-    }
-    body = {
-        "CallbackCommand": "State.StateChange",
-        "EventTime": event_ms(),
-        "Info": {"Action": action, "To_Account": user, "Reason": TENCENT_REASONS[action]},
-    }
-    response = await http.post(f"/v1/apps/{APP}/webhooks/tencent", params=params, json=body)
+    assert DEV.tencent is not None
+    req = tencent_call(DEV.tencent, user, action, platform, event_ms())
+    response = await post(http, APP, "tencent", req)
     assert response.status_code == 200, response.text
     assert response.json()["ActionStatus"] == "OK", response.text
 

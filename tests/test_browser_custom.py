@@ -7,6 +7,7 @@ import httpx
 import pytest
 from playwright.async_api import Page, expect
 
+from gateway.config import dev_settings
 from tests.test_browser import (  # noqa: F401  (fixtures, used by name)
     APP,
     WAIT_MS,
@@ -21,7 +22,7 @@ from tests.test_browser import (  # noqa: F401  (fixtures, used by name)
 
 pytestmark = pytest.mark.browser
 
-DEV_API_KEY = "dev-api-key"  # what dev mode configures (gateway.config.dev_settings)
+DEV_API_KEY = dev_settings().apps["demo"].api_key  # what dev mode configures
 
 
 async def put_custom(http: httpx.AsyncClient, user: str, custom: str | None) -> None:  # noqa: F811

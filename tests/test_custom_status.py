@@ -26,10 +26,11 @@ from gateway.model import (
     merge_custom,
     state_decoder,
 )
-from gateway.providers.tencent import sign as tencent_sign
+from gateway.providers.tencent import build_request as build_tencent
 from tests.conftest import BACKENDS, Backend, backend_url
 from tests.live import LiveGateway, serve
-from tests.test_e2e_webhooks import TOKEN, app_of, make_settings, query, tencent
+from tests.sendhook import post
+from tests.test_e2e_webhooks import TENCENT, app_of, make_settings, query, tencent
 from tests.wsclient import Client
 
 NOW = 1_763_700_000_000
@@ -359,19 +360,6 @@ async def tencent_custom(
     http: httpx.AsyncClient, app: str, user: str, text: str, event_time: int
 ) -> httpx.Response:
     """POST one signed Tencent State.StateChange with Action CustomStatusChange."""
-    rt = str(int(time.time()))
-    params = {
-        "SdkAppid": "1400000000",
-        "CallbackCommand": "State.StateChange",
-        "contenttype": "json",
-        "OptPlatform": "iOS",
-        "RequestTime": rt,
-        "Sign": tencent_sign(TOKEN, rt),
-    }
-    body = {
-        "CallbackCommand": "State.StateChange",
-        "EventTime": event_time,
-        "Info": {"Action": "CustomStatusChange", "To_Account": user, "Reason": "SetCustomStatus"},
-        "CustomStatus": text,
-    }
-    return await http.post(f"/v1/apps/{app}/webhooks/tencent", params=params, json=body)
+    ev = custom_event(user, text, event_time)
+    req = build_tencent(TENCENT, ev, opt_platform="iOS", custom_in="top", now_ms=clock_ms())
+    return await post(http, app, "tencent", req)

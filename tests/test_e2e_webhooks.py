@@ -13,12 +13,10 @@ import msgspec
 import pytest
 
 from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
-from gateway.model import PresenceEvent, normalize_platform
 from gateway.providers.rongcloud import RongCloudConfig, signed_query
 from gateway.providers.tencent import TencentConfig
-from gateway.providers.tencent import build_request as build_tencent
 from tests.live import LiveGateway, serve
-from tests.sendhook import post
+from tests.sendhook import post, tencent_call
 
 TOKEN = "cb-token"
 TENCENT = TencentConfig(sdkappid=1400000000, callback_token=TOKEN)
@@ -55,10 +53,7 @@ async def tencent(
     event_time: int | None = None,
 ) -> httpx.Response:
     """POST one signed Tencent State.StateChange."""
-    reason = {"Login": "register", "Logout": "unregister", "Disconnect": "linkclose"}[action]
-    ours = normalize_platform(platform)
-    ev = PresenceEvent(user, ours, ours, action == "Login", event_time or now_ms(), reason)
-    req = build_tencent(TENCENT, ev, opt_platform=platform, now_ms=now_ms())
+    req = tencent_call(TENCENT, user, action, platform, event_time or now_ms())
     return await post(client, app, "tencent", req)
 
 

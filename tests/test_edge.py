@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ from gateway.app import Gateway
 from gateway.config import ServerConfig, Settings
 from gateway.edge import ClientResolver, ConnectionLimits, is_loopback, redact_path
 from gateway.providers.openim import OpenIMConfig
-from gateway.providers.tencent import TencentConfig
+from gateway.providers.tencent import TencentConfig, sign
 from tests.live import LiveGateway, serve
 from tests.test_e2e_webhooks import TOKEN, app_of, make_settings, tencent
 
@@ -82,10 +81,9 @@ def status_of(response: bytes) -> int:
 def tencent_head(app: str, length: int) -> bytes:
     """The request line and headers of a signed Tencent webhook with a ``length`` body."""
     rt = str(int(time.time()))
-    sign = hashlib.sha256((TOKEN + rt).encode()).hexdigest()
     query = (
         f"SdkAppid=1400000000&CallbackCommand=State.StateChange&OptPlatform=iOS"
-        f"&RequestTime={rt}&Sign={sign}"
+        f"&RequestTime={rt}&Sign={sign(TOKEN, rt)}"
     )
     return (
         f"POST /v1/apps/{app}/webhooks/tencent?{query} HTTP/1.1\r\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.nodes import CLIENT_SECRET, TENCENT_TOKEN, Node, config_text, nodes
+from tests.nodes import CLIENT_SECRET, TENCENT, Node, config_text, nodes
+from tests.sendhook import post, tencent_call
 from tests.wsclient import Client
 
 APP = "nodes"
@@ -19,23 +19,8 @@ APP = "nodes"
 
 async def tencent(node: Node, user: str, action: str, platform: str = "iOS") -> None:
     """POST a signed Tencent State.StateChange to ``node`` and check it was acked OK."""
-    rt = str(int(time.time()))
-    reason = {"Login": "Register", "Disconnect": "LinkClose"}[action]
     async with httpx.AsyncClient(base_url=node.url) as client:
-        r = await client.post(
-            f"/v1/apps/{APP}/webhooks/tencent",
-            params={
-                "SdkAppid": "1400000000",
-                "CallbackCommand": "State.StateChange",
-                "OptPlatform": platform,
-                "RequestTime": rt,
-                "Sign": hashlib.sha256((TENCENT_TOKEN + rt).encode()).hexdigest(),
-            },
-            json={
-                "EventTime": time.time_ns() // 1_000_000,
-                "Info": {"Action": action, "To_Account": user, "Reason": reason},
-            },
-        )
+        r = await post(client, APP, "tencent", tencent_call(TENCENT, user, action, platform))
     assert r.status_code == 200 and r.json()["ActionStatus"] == "OK", r.text
 
 

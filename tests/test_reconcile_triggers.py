@@ -20,6 +20,7 @@ from gateway.reconcile.config import TencentReconcile
 from tests.live import LiveGateway, serve
 from tests.pullapi import FakeServer, FakeTencent
 from tests.pullapi import serve as serve_fakes
+from tests.sendhook import post, tencent_call
 from tests.wsclient import Client
 
 APP = "rctrig"
@@ -63,20 +64,10 @@ async def until(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> N
 
 async def login(live: LiveGateway, app: str, user: str, action: str = "Login") -> httpx.Response:
     """POST an (unsigned: no callback token) Tencent State.StateChange."""
-    reason = {"Login": "Register", "Disconnect": "LinkClose"}[action]
+    gw, _ = parts(live)
+    req = tencent_call(gw.settings.apps[app].tencent, user, action)
     async with httpx.AsyncClient(base_url=live.url) as http:
-        return await http.post(
-            f"/v1/apps/{app}/webhooks/tencent",
-            params={
-                "SdkAppid": "1400000000",
-                "CallbackCommand": "State.StateChange",
-                "OptPlatform": "iOS",
-            },
-            json={
-                "EventTime": time.time_ns() // 1_000_000,
-                "Info": {"Action": action, "To_Account": user, "Reason": reason},
-            },
-        )
+        return await post(http, app, "tencent", req)
 
 
 async def startup_passes_done(gw: Any) -> bool:

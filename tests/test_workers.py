@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import socket
@@ -22,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics_merge, workers
 from gateway.metrics import Metrics
-from tests.nodes import CLIENT_SECRET, TENCENT_TOKEN, config_text, free_port
+from tests.nodes import CLIENT_SECRET, TENCENT, config_text, free_port
+from tests.sendhook import post, tencent_call
 from tests.wsclient import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,22 +134,9 @@ async def two(tmp_path: Path, redis_url: str) -> AsyncIterator[Supervised]:
 async def tencent(gw: Supervised, user: str, action: str, event_ms: int) -> None:
     """POST a signed Tencent State.StateChange on a fresh connection (so any worker may get
     it) and check it was acked OK."""
-    rt = str(int(time.time()))
+    req = tencent_call(TENCENT, user, action, event_ms=event_ms)
     async with httpx.AsyncClient(base_url=gw.url) as client:
-        r = await client.post(
-            f"/v1/apps/{gw.app}/webhooks/tencent",
-            params={
-                "SdkAppid": "1400000000",
-                "CallbackCommand": "State.StateChange",
-                "OptPlatform": "iOS",
-                "RequestTime": rt,
-                "Sign": hashlib.sha256((TENCENT_TOKEN + rt).encode()).hexdigest(),
-            },
-            json={
-                "EventTime": event_ms,
-                "Info": {"Action": action, "To_Account": user, "Reason": "Register"},
-            },
-        )
+        r = await post(client, gw.app, "tencent", req)
     assert r.status_code == 200 and r.json()["ActionStatus"] == "OK", r.text
 
 
