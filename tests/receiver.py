@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import socket
 import time
@@ -17,7 +16,8 @@ import httpx
 import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.nodes import API_KEY, CLIENT_SECRET, TENCENT_TOKEN
+from tests.nodes import API_KEY, CLIENT_SECRET, TENCENT, TENCENT_TOKEN
+from tests.sendhook import tencent_call
 
 SECRET = "whsec_" + "b3V0Ym91bmQtdGVzdC1zZWNyZXQtMDEyMzQ1Njc4OQ=="  # 32 bytes
 STALL = -1  # an answer: hold the request until the test releases it (a time-out)
@@ -168,23 +168,14 @@ async def tencent(
     client: httpx.AsyncClient | None = None,
 ) -> None:
     """POST a signed Tencent State.StateChange to the gateway at ``url``; check it was acked."""
-    rt = str(int(time.time()))
-    reason = {"Login": "Register", "Disconnect": "LinkClose"}[action]
+    req = tencent_call(TENCENT, user, action, platform)
     async with contextlib.AsyncExitStack() as stack:
         if client is None:
             client = await stack.enter_async_context(httpx.AsyncClient())
         r = await client.post(
             f"{url}/v1/apps/{app}/webhooks/tencent",
-            params={
-                "SdkAppid": "1400000000",
-                "CallbackCommand": "State.StateChange",
-                "OptPlatform": platform,
-                "RequestTime": rt,
-                "Sign": hashlib.sha256((TENCENT_TOKEN + rt).encode()).hexdigest(),
-            },
-            json={
-                "EventTime": time.time_ns() // 1_000_000,
-                "Info": {"Action": action, "To_Account": user, "Reason": reason},
-            },
+            params=req.query,
+            headers=dict(req.headers),
+            content=req.body,
         )
     assert r.status_code == 200 and r.json()["ActionStatus"] == "OK", r.text

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import random
 import resource
 import socket
@@ -30,9 +29,10 @@ from gateway.backends.memory import MemoryBroker
 from gateway.config import AppConfig, ServerConfig, Settings
 from gateway.hub import Hub
 from gateway.model import UserState
+from gateway.providers.rongcloud import signed_query
 from gateway.session import RawSink, Session
 from tests.live import LiveGateway, serve
-from tests.test_e2e_webhooks import app_of, make_settings, now_ms, query
+from tests.test_e2e_webhooks import RONGCLOUD, app_of, make_settings, now_ms, query
 from tests.wsclient import Client, Watcher
 
 CLIENTS = 1000
@@ -101,9 +101,7 @@ class Toggler:
             )
         # a fresh nonce per batch: RongCloud's signature does not cover the body, so the
         # gateway refuses one (nonce, timestamp) for a second body, and writers run at once
-        nonce, ts = uuid.uuid4().hex, str(now_ms())
-        sig = hashlib.sha1(("rs" + nonce + ts).encode()).hexdigest()
-        params = {"appKey": "rk", "nonce": nonce, "timestamp": ts, "signature": sig}
+        params = signed_query(RONGCLOUD, now_ms(), nonce=uuid.uuid4().hex)
         r = await self.http.post(
             f"/v1/apps/{self.app.id}/webhooks/rongcloud", params=params, json=events
         )

@@ -19,10 +19,12 @@ from gateway.backends.claims import Claims
 from gateway.backends.redis import RedisStore
 from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
 from gateway.errors import StoreUnavailable
+from gateway.providers import rongcloud
 from gateway.providers.rongcloud import RongCloudConfig
 from tests.conftest import SHARED_BACKENDS, Backend, backend_url
 from tests.live import LiveGateway, serve
 
+RONGCLOUD = RongCloudConfig(app_key="rk", app_secret="rs")
 A = hashlib.sha256(b"body a").digest()
 B = hashlib.sha256(b"body b").digest()
 MINUTE = 60_000
@@ -116,7 +118,7 @@ def make_settings(redis_url: str | None, cluster: bool) -> Settings:
     app = msgspec.structs.replace(
         base,
         id=f"t{uuid.uuid4().hex[:12]}",
-        rongcloud=RongCloudConfig(app_key="rk", app_secret="rs"),
+        rongcloud=RONGCLOUD,
     )
     redis = RedisConfig(url=redis_url, cluster=cluster) if redis_url else None
     return Settings(apps={app.id: app}, redis=redis)
@@ -136,9 +138,7 @@ async def nodes(
 
 
 def signed_query(nonce: str = "4711") -> dict[str, str]:
-    ts = str(time.time_ns() // 1_000_000)
-    sig = hashlib.sha1(f"rs{nonce}{ts}".encode()).hexdigest()
-    return {"appKey": "rk", "nonce": nonce, "timestamp": ts, "signature": sig}
+    return dict(rongcloud.signed_query(RONGCLOUD, time.time_ns() // 1_000_000, nonce=nonce))
 
 
 def batch(status: str, time_ms: int) -> bytes:
