@@ -389,7 +389,9 @@ class _HubCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         hub = self.hub
         yield GaugeMetricFamily(
-            "presence_connections", "Open WebSocket connections", value=len(hub.sessions)
+            "presence_connections",
+            "Open client connections (WebSocket and SSE)",
+            value=len(hub.sessions),
         )
         yield GaugeMetricFamily(
             "presence_watched_users", "Distinct users watched on this node", value=len(hub.index)
