@@ -86,6 +86,51 @@ async def test_only_in_dev_mode() -> None:
 
 
 @pytest.mark.parametrize(
+    ("provider", "platform", "off", "ack"),
+    [
+        ("tencent", "mac", "offline", 200),
+        ("tencent", "ios", "logout", 200),
+        ("rongcloud", "web", "logout", 200),
+        ("rongcloud", "harmonyos", "offline", 200),
+        ("openim", "android", "offline", 200),
+        ("openim", "ipad", "kicked", 200),
+        ("standard", "linux", "offline", 204),
+    ],
+)
+async def test_tencent_rongcloud_openim_standard_are_built_too(
+    provider: str, platform: str, off: str, ack: int
+) -> None:
+    """The providers the page once signed itself come from the helper: accepted, on, then off."""
+    async with serve(dev_settings()) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        on = await send(client, provider, "bob", platform, "online")
+        assert on.status_code == ack, on.text
+        state = await presence(client, "bob")
+        assert state["status"] == "online"
+        assert [d["platform"] for d in state["devices"]] == [platform]
+        gone = await send(client, provider, "bob", platform, off)
+        assert gone.status_code == ack, gone.text
+        assert (await presence(client, "bob"))["status"] == "offline"
+
+
+@pytest.mark.parametrize("provider", ["tencent", "standard"])
+async def test_custom_status_through_the_helper(provider: str) -> None:
+    """Status custom sets the user's custom text (Tencent CustomStatusChange); "" clears it."""
+    async with serve(dev_settings()) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        for text in ("In a meeting", ""):
+            r = await client.post(
+                f"{HELPER}/{provider}",
+                json={"user": "bob", "platform": "web", "status": "custom", "custom": text},
+            )
+            assert r.status_code == 200, r.text
+            signed = r.json()
+            r = await client.post(
+                signed["url"], headers=signed["headers"], content=signed["body"].encode()
+            )
+            assert r.status_code < 300, r.text
+            assert (await presence(client, "bob"))["custom"] == (text or None)
+
+
+@pytest.mark.parametrize(
     ("path", "body", "status"),
     [
         (
@@ -93,7 +138,14 @@ async def test_only_in_dev_mode() -> None:
             {"user": "b", "platform": "ios", "status": "online"},
             404,
         ),
-        (f"{HELPER}/tencent", {"user": "b", "platform": "ios", "status": "online"}, 404),
+        (f"{HELPER}/zego", {"user": "b", "platform": "ios", "status": "online"}, 404),
+        (f"{HELPER}/openim", {"user": "b", "platform": "server", "status": "online"}, 400),
+        (f"{HELPER}/netease", {"user": "b", "platform": "ios", "status": "custom"}, 400),
+        (
+            f"{HELPER}/tencent",
+            {"user": "b", "platform": "ios", "status": "custom", "custom": "x" * 101},
+            400,
+        ),
         (f"{HELPER}/wukongim", {"user": "b", "platform": "ios", "status": "online"}, 400),
         (f"{HELPER}/netease", {"user": "b", "platform": "ios", "status": "away"}, 400),
         (f"{HELPER}/netease", {"user": "", "platform": "ios", "status": "online"}, 400),

@@ -6,18 +6,12 @@ import { PresenceClient } from "./presence.js";
 import { customOf, describePresence, platformIcon, platformName, timeAgo, usePresence } from "./presence-dot.js";
 
 // ------------------------------------------------------------------------------------------
-// Dev-mode settings. These are the values `presence-gateway serve` configures when it runs
-// without a config file (SPEC §2). They are public test values, never production secrets.
-const DEV = Object.freeze({
-  app: "demo",
-  tencent: Object.freeze({ sdkAppId: 1400000000 }), // no callback_token → no Sign
-  rongcloud: Object.freeze({ appKey: "demo-app-key", appSecret: "demo-app-secret" }),
-  openim: Object.freeze({ token: "" }), // empty → no token path segment
-  // Easemob, NetEase and WuKongIM requests are built and signed by the gateway's dev-only
-  // helper (POST /v1/apps/{app}/dev-webhook/{provider}, gateway/devtools.py) with the
-  // provider modules' own inverse: Easemob signs with MD5, which crypto.subtle lacks, and
-  // their dev secrets stay in one place (config.dev_settings).
-});
+// Dev mode's app (SPEC §2). Its secrets are not here: every provider's request is built and
+// signed by the gateway's dev-only helper (POST /v1/apps/{app}/dev-webhook/{provider},
+// gateway/devtools.py) with the provider module's own inverse of its parser, so the wire
+// formats and the dev secrets (config.dev_settings) each have one copy, and the page needs
+// no hashing (Easemob signs with MD5, which crypto.subtle lacks).
+const DEV = Object.freeze({ app: "demo" });
 // ------------------------------------------------------------------------------------------
 
 const FRIENDS = Object.freeze([
@@ -30,65 +24,64 @@ const FRIENDS = Object.freeze([
 ]);
 
 /**
- * What each provider can send. `presence` says which way a button flips the user.
- * Platform values are what the provider itself sends.
+ * What each provider can send. `presence` says which way a button flips the user; `status`
+ * is what the dev-webhook helper is asked for. Platform values are the gateway's names, labels
+ * what the provider itself sends.
  */
 const PROVIDERS = {
   tencent: {
     label: "Tencent IM",
     platforms: [
-      ["iOS", "iOS"],
-      ["Android", "Android"],
-      ["Web", "Web"],
-      ["Windows", "Windows"],
-      ["Mac", "Mac"],
-      ["iPad", "iPad"],
+      ["ios", "iOS"],
+      ["android", "Android"],
+      ["web", "Web"],
+      ["windows", "Windows"],
+      ["mac", "Mac"],
+      ["ipad", "iPad"],
     ],
     actions: [
-      { label: "Login", presence: "online", action: "Login", reason: "Register" },
-      { label: "Logout", presence: "offline", action: "Logout", reason: "Unregister" },
-      { label: "Disconnect", presence: "offline", action: "Disconnect", reason: "LinkClose" },
-      // SPEC 3.1: the custom status text, from the "Custom status" field (empty clears it)
-      { label: "Set custom status", presence: "custom", action: "CustomStatusChange", reason: "SetCustomStatus" },
+      { label: "Login", presence: "online", status: "online" }, // Login / Register
+      { label: "Logout", presence: "offline", status: "logout" }, // Logout / Unregister
+      { label: "Disconnect", presence: "offline", status: "offline" }, // Disconnect / LinkClose
+      // SPEC 3.1: CustomStatusChange, the text from the "Custom status" field (empty clears it)
+      { label: "Set custom status", presence: "custom", status: "custom" },
     ],
-    send: sendTencent,
   },
   rongcloud: {
     label: "RongCloud",
     platforms: [
-      ["iOS", "iOS"],
-      ["Android", "Android"],
-      ["Websocket", "Web (Websocket)"],
-      ["PC", "PC"],
-      ["HarmonyOS", "HarmonyOS"],
-      ["MiniProgram", "Mini Program"],
+      ["ios", "iOS"],
+      ["android", "Android"],
+      ["web", "Web (Websocket)"],
+      ["pc", "PC"],
+      ["harmonyos", "HarmonyOS"],
+      ["miniprogram", "Mini Program"],
     ],
     actions: [
-      { label: "Online", presence: "online", status: "0" },
-      { label: "Offline", presence: "offline", status: "1" },
-      { label: "Log out", presence: "offline", status: "2" },
+      { label: "Online", presence: "online", status: "online" }, // status "0"
+      { label: "Offline", presence: "offline", status: "offline" }, // "1"
+      { label: "Log out", presence: "offline", status: "logout" }, // "2"
     ],
-    send: sendRongCloud,
   },
   openim: {
     label: "OpenIM",
     platforms: [
-      ["1", "IOS"],
-      ["2", "Android"],
-      ["3", "Windows"],
-      ["4", "OSX"],
-      ["5", "Web"],
-      ["6", "MiniWeb"],
-      ["7", "Linux"],
-      ["8", "APad"],
-      ["9", "IPad"],
-      ["11", "HarmonyOS"],
+      ["ios", "IOS (1)"],
+      ["android", "Android (2)"],
+      ["windows", "Windows (3)"],
+      ["mac", "OSX (4)"],
+      ["web", "Web (5)"],
+      ["miniprogram", "MiniWeb (6)"],
+      ["linux", "Linux (7)"],
+      ["apad", "APad (8)"],
+      ["ipad", "IPad (9)"],
+      ["harmonyos", "HarmonyOS (11)"],
     ],
     actions: [
-      { label: "Online", presence: "online", command: "callbackAfterUserOnlineCommand" },
-      { label: "Offline", presence: "offline", command: "callbackAfterUserOfflineCommand" },
+      // OpenIM >= 3.7 callbackAfterUserOnlineCommand / ...OfflineCommand, in the URL path
+      { label: "Online", presence: "online", status: "online" },
+      { label: "Offline", presence: "offline", status: "offline" },
     ],
-    send: sendOpenIM,
   },
   easemob: {
     label: "Easemob",
@@ -106,7 +99,6 @@ const PROVIDERS = {
       { label: "Logout", presence: "offline", status: "offline" },
       { label: "Replaced", presence: "offline", status: "kicked" },
     ],
-    send: sendEasemob,
   },
   netease: {
     label: "NetEase",
@@ -123,7 +115,6 @@ const PROVIDERS = {
       { label: "Login", presence: "online", status: "online" },
       { label: "Logout", presence: "offline", status: "offline" },
     ],
-    send: sendNetEase,
   },
   wukongim: {
     label: "WuKongIM",
@@ -136,7 +127,6 @@ const PROVIDERS = {
       { label: "Online", presence: "online", status: "online" },
       { label: "Offline", presence: "offline", status: "offline" },
     ],
-    send: sendWuKongIM,
   },
 };
 
@@ -328,8 +318,6 @@ function renderProvider() {
       return button;
     }),
   );
-  const insecure = key === "rongcloud" && !globalThis.crypto?.subtle;
-  $("hook-secure").hidden = !insecure;
 }
 
 /**
@@ -346,7 +334,7 @@ async function send(key, action, button) {
   const entry = logEntry(`${provider.label} · ${action.label}`, `${user} on ${platformLabel}`);
   button.disabled = true;
   try {
-    const res = await provider.send(action, user, platform);
+    const res = await sendSignedByGateway(key, action, user, platform);
     const text = await res.text();
     finishEntry(entry, res.status, text);
   } catch (err) {
@@ -356,115 +344,25 @@ async function send(key, action, button) {
   }
 }
 
-/** Tencent IM `State.StateChange` (PROVIDERS.md). */
-/** @param {any} action @param {string} user @param {string} platform */
-function sendTencent(action, user, platform) {
-  const query = new URLSearchParams({
-    SdkAppid: String(DEV.tencent.sdkAppId),
-    CallbackCommand: "State.StateChange",
-    contenttype: "json",
-    ClientIP: "127.0.0.1",
-    OptPlatform: platform,
-  });
-  const body = {
-    CallbackCommand: "State.StateChange",
-    EventTime: Date.now(),
-    Info: { Action: action.action, To_Account: user, Reason: action.reason },
-  };
-  if (action.action === "CustomStatusChange") {
-    const custom = /** @type {HTMLInputElement} */ ($("hook-custom")).value.trim();
-    Object.assign(body.Info, { CustomStatus: custom });
-  }
-  return postJson(`/v1/apps/${DEV.app}/webhooks/tencent?${query}`, body);
-}
-
-/** RongCloud online status subscription, signed with SHA-1(appSecret + nonce + timestamp). */
-/** @param {any} action @param {string} user @param {string} os */
-async function sendRongCloud(action, user, os) {
-  if (!globalThis.crypto?.subtle) {
-    throw new Error("RongCloud signing needs crypto.subtle: open the page on localhost or over HTTPS");
-  }
-  const nonce = String(Math.floor(Math.random() * 1e9));
-  const timestamp = String(Date.now());
-  const signature = await sha1Hex(DEV.rongcloud.appSecret + nonce + timestamp);
-  const query = new URLSearchParams({ appKey: DEV.rongcloud.appKey, nonce, timestamp, signature });
-  const body = [
-    {
-      userid: user,
-      status: action.status,
-      os,
-      time: Date.now(),
-      clientIp: "127.0.0.1:1",
-      // One session per user and platform, so that "offline" ends the session "online" began.
-      sessionId: `demo-${user}-${os}`,
-    },
-  ];
-  return postJson(`/v1/apps/${DEV.app}/webhooks/rongcloud?${query}`, body);
-}
-
-/** OpenIM ≥ 3.7 user online/offline callback (command appended to the URL, as ≥ 3.5 does). */
-/** @param {any} action @param {string} user @param {string} platformId */
-function sendOpenIM(action, user, platformId) {
-  const platform = PROVIDERS.openim.platforms.find(([id]) => id === platformId)?.[1] ?? "Web";
-  const operationID = `demo-${Date.now()}`;
-  const body = {
-    callbackCommand: action.command,
-    operationID,
-    platformID: Number(platformId),
-    platform,
-    userID: user,
-    seq: Date.now(),
-    connID: "",
-    ...(action.presence === "online" ? { isAppBackground: false } : {}),
-  };
-  const token = DEV.openim.token ? `/${encodeURIComponent(DEV.openim.token)}` : "";
-  return postJson(`/v1/apps/${DEV.app}/webhooks/openim${token}/${action.command}`, body, { operationID });
-}
-
-/** @param {any} action @param {string} user @param {string} platform */
-function sendEasemob(action, user, platform) {
-  return sendSignedByGateway("easemob", action, user, platform);
-}
-/** @param {any} action @param {string} user @param {string} platform */
-function sendNetEase(action, user, platform) {
-  return sendSignedByGateway("netease", action, user, platform);
-}
-/** @param {any} action @param {string} user @param {string} platform */
-function sendWuKongIM(action, user, platform) {
-  return sendSignedByGateway("wukongim", action, user, platform);
-}
-
 /**
- * Easemob `userStatus`, NetEase login/logout copy or WuKongIM `user.onlinestatus` batch: the
- * gateway's dev-only helper builds the provider's exact request (signed where the provider
- * signs), and the page posts it to the webhook URL like the provider would.
+ * The gateway's dev-only helper builds the provider's exact request (signed where the
+ * provider signs), and the page posts it to the webhook URL like the provider would.
  * @param {string} provider @param {any} action @param {string} user @param {string} platform
  */
 async function sendSignedByGateway(provider, action, user, platform) {
-  const helper = await postJson(`/v1/apps/${DEV.app}/dev-webhook/${provider}`, {
-    user,
-    platform,
-    status: action.status,
-  });
+  /** @type {{user: string, platform: string, status: string, custom?: string}} */
+  const asked = { user, platform, status: action.status };
+  if (action.status === "custom") asked.custom = /** @type {HTMLInputElement} */ ($("hook-custom")).value.trim();
+  const helper = await postJson(`/v1/apps/${DEV.app}/dev-webhook/${provider}`, asked);
   if (!helper.ok) throw new Error(`dev-webhook helper: HTTP ${helper.status} ${await helper.text()}`);
   /** @type {{url: string, headers: Record<string, string>, body: string}} */
   const signed = await helper.json();
   return fetch(signed.url, { method: "POST", headers: signed.headers, body: signed.body });
 }
 
-/** @param {string} url @param {unknown} body @param {Record<string, string>} [headers] */
-function postJson(url, body, headers = {}) {
-  return fetch(url, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", ...headers },
-    body: JSON.stringify(body),
-  });
-}
-
-/** @param {string} text */
-async function sha1Hex(text) {
-  const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(text));
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+/** @param {string} url @param {unknown} body */
+function postJson(url, body) {
+  return fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 }
 
 // ---------------------------------------------------------------- log
