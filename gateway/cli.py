@@ -124,14 +124,15 @@ def _parser() -> argparse.ArgumentParser:
         help="after the last webhook, keep serving / checking this long (default: until Ctrl-C)",
     )
     secrets = sim.add_argument_group("provider secrets (defaults: the dev-mode app)")
-    secrets.add_argument("--tencent-sdkappid", type=int, default=1400000000)
-    secrets.add_argument("--tencent-token", default="", help="callback token ('': unsigned)")
-    secrets.add_argument("--rongcloud-app-key", default="demo-app-key")
-    secrets.add_argument("--rongcloud-app-secret", default="demo-app-secret")
-    secrets.add_argument("--openim-token", default="", help="token path segment ('': none)")
-    secrets.add_argument("--standard-secret", default=config.DEV_STANDARD_SECRET)
-    dev = config.dev_settings().apps["demo"]
+    dev = config.dev_settings().apps["demo"]  # the one copy of the dev secrets
+    assert dev.tencent and dev.rongcloud and dev.standard, "dev mode configures every provider"
     assert dev.easemob and dev.netease, "dev mode configures every provider"
+    secrets.add_argument("--tencent-sdkappid", type=int, default=dev.tencent.sdkappid)
+    secrets.add_argument("--tencent-token", default="", help="callback token ('': unsigned)")
+    secrets.add_argument("--rongcloud-app-key", default=dev.rongcloud.app_key)
+    secrets.add_argument("--rongcloud-app-secret", default=dev.rongcloud.app_secret)
+    secrets.add_argument("--openim-token", default="", help="token path segment ('': none)")
+    secrets.add_argument("--standard-secret", default=dev.standard.secret)
     secrets.add_argument("--easemob-appkey", default=dev.easemob.appkey, help="org#app")
     secrets.add_argument("--easemob-secret", default=dev.easemob.secret)
     secrets.add_argument("--netease-app-key", default=dev.netease.app_key)
