@@ -77,7 +77,7 @@ def _rongcloud(table: ProviderConfig, ev: PresenceEvent, now: int) -> WebhookReq
 
 def _openim(table: ProviderConfig, ev: PresenceEvent, now: int) -> WebhookRequest:
     assert isinstance(table, openim.OpenIMConfig)
-    pid = next(i for i, name in openim.PLATFORM_IDS.items() if name == ev.platform)
+    pid = openim.ID_OF[ev.platform]
     ev = msgspec.structs.replace(ev, device=str(pid))  # an empty connID (OpenIM >= 3.8.2)
     return openim.build_request(table, ev, operation_id=f"demo-{now}", now_ms=now)
 

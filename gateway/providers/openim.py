@@ -75,7 +75,7 @@ class OpenIMConfig(ProviderConfig, kw_only=True):
             raise ValueError("token: must not be an OpenIM command name")
 
 
-_ID_OF = {name: pid for pid, name in PLATFORM_IDS.items()}
+ID_OF = {name: pid for pid, name in PLATFORM_IDS.items()}  # platform -> platform id
 _PLAUSIBLE_MS = 10**12  # 2001-09-09: a smaller seq is a counter (old docs), not a clock
 
 
@@ -103,7 +103,7 @@ def build_request(
     ``callbackAfter...`` names (v3.7+) over ``callback...``.
     """
     command = command_of(ev, after=after)
-    pid = _ID_OF[ev.platform]
+    pid = ID_OF[ev.platform]
     body: dict[str, object] = {
         "callbackCommand": command,
         "operationID": operation_id,
@@ -178,7 +178,7 @@ class OpenIMProvider(Provider):
         online, reason = COMMANDS[command]
         body: _Body = decode(req.body, _Body)
         name = normalize_platform(body.platform)
-        pid = body.platform_id or _ID_OF.get(name, 0)
+        pid = body.platform_id or ID_OF.get(name, 0)
         platform = PLATFORM_IDS.get(pid, name)
         time = body.seq if body.seq >= _PLAUSIBLE_MS else req.now_ms
         ev = event(body.user, body.conn_id or str(pid), platform, online, time, reason)
