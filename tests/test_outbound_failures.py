@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
+from gateway.outbound import keys
 from tests.nodes import Node, nodes
 from tests.receiver import STALL, Receiver, config_text, receiving
 from tests.receiver import tencent as tencent_to
@@ -149,25 +151,30 @@ async def test_stalled_endpoint_does_not_slow_others(
 
 
 async def test_queue_bound_drops_oldest(tmp_path: Path, redis_url: str) -> None:
-    """Beyond max_queue the oldest entries go (MAXLEN ~): the stream stays bounded."""
+    """Beyond its share of max_queue the oldest entries of a stream go (MAXLEN ~)."""
+    users: list[str] = []
+    while len(users) < 250:  # users of one bucket: their entries share one stream
+        user = unique(f"q{len(users)}")
+        if keys.bucket_of(key_slot(f"bounded/{user}".encode())) == 0:
+            users.append(user)
     async with receiving() as rx:
         rx.default = STALL
         text = config_text([rx.url], redis_url=redis_url, max_queue=10, timeout_s=30)
         text = text.replace('id = "nodes"', 'id = "bounded"')
         async with nodes(tmp_path, 1, text) as [node]:
-            for batch in range(5):
+            for batch in range(0, len(users), 50):
                 await asyncio.gather(
                     *(
-                        tencent_to(node.url, "bounded", unique(f"q{batch}-{i}"), "Login")
-                        for i in range(40)
+                        tencent_to(node.url, "bounded", u, "Login")
+                        for u in users[batch : batch + 50]
                     )
                 )
             client = Redis.from_url(redis_url)
             try:
-                length = await client.xlen("pg:wh:bounded")
+                length = await client.xlen("pg:wh:bounded:{b0}")
             finally:
                 await client.aclose()
-    assert 10 <= length < 200
+    assert 1 <= length < 200
 
 
 async def test_memory_queue_bound_counts_drops(tmp_path: Path) -> None:

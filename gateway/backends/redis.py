@@ -583,7 +583,7 @@ class RedisStore(RedisCoordination):
             keyparts: list[bytes] = [bulk(index)]
             argv: list[bytes] = [head]
             events = 0
-            streams: dict[str, bytes] = {}  # webhooks out: app -> its hook arg (apply.lua)
+            streams: dict[bytes, bytes] = {}  # webhooks out: stream -> its hook arg (apply.lua)
             stream_keys: list[bytes] = []
             for i in idx:
                 now, tag, user, evs = users[i]
@@ -640,22 +640,29 @@ class RedisStore(RedisCoordination):
         return out
 
     def _hook_arg(
-        self, tag: str, key: bytes, users: int, streams: dict[str, bytes], stream_keys: list[bytes]
+        self,
+        tag: str,
+        key: bytes,
+        users: int,
+        streams: dict[bytes, bytes],
+        stream_keys: list[bytes],
     ) -> bytes:
-        """apply.lua's hook arg of the user ``tag`` (its app's stream keys added once a call)."""
+        """apply.lua's hook arg of the user ``tag``: its stream's keys, added once a call."""
         app = tag.partition("/")[0]
         spec = self.webhooks.get(app)
         if spec is None:
             return b""
-        arg = streams.get(app)
+        slot = key_slot(key)
+        if self._cluster:  # the stream of the user's slot
+            where = slot_tag(slot)
+        else:  # that of its slot's bucket: the work still spreads over the leases
+            where = outbound_keys.standalone_tag(outbound_keys.bucket_of(slot))
+        stream = outbound_keys.stream_key(self.prefix, app, where)
+        arg = streams.get(stream)
         if arg is None:
-            slot = slot_tag(key_slot(key)) if self._cluster else None
-            stream_keys += [
-                outbound_keys.stream_key(self.prefix, app, slot),
-                outbound_keys.groups_key(self.prefix, app, slot),
-            ]
+            stream_keys += [stream, outbound_keys.groups_key(self.prefix, app, where)]
             k = 2 + 2 * users + len(stream_keys) - 2  # KEYS index (1-based) of the stream
-            arg = streams[app] = b"%d,%b" % (k, spec)
+            arg = streams[stream] = b"%d,%b" % (k, spec)
         return arg
 
     async def _hint_webhooks(self, users: Sequence[_User], replies: Sequence[list[Any]]) -> None:

@@ -23,7 +23,8 @@ class WebhookEndpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         default_factory=lambda: list(DEFAULT_SCHEDULE)
     )
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 10.0  # per POST
-    max_queue: Annotated[int, msgspec.Meta(ge=10, le=10_000_000)] = 100_000  # then oldest go
+    # messages queued (per node on memory; spread over the streams on Redis), then oldest go
+    max_queue: Annotated[int, msgspec.Meta(ge=10, le=10_000_000)] = 100_000
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32  # POSTs in flight per node
 
     def validate(self) -> None:

@@ -73,13 +73,13 @@ class RedisSource:
         self.lease_ms = lease_ms
         self.full_pass_s = full_pass_s
         self.cluster = isinstance(client, RedisCluster)
-        self._buckets: list[int | None] = list(range(keys.BUCKETS)) if self.cluster else [None]
+        self._buckets: list[int] = list(range(keys.BUCKETS))
         self._lease = client.register_script(_LEASE)
-        self._held: set[int | None] = set()
-        self._claim: set[int | None] = set()  # leases just taken: their pending to claim
-        self._passes: dict[int | None, float] = {}  # bucket -> when its next full pass is due
-        self._active: set[str | None] = set() if self.cluster else {None}  # streams to read
-        self._draining: dict[int | None, float] = {}  # given up, in flight: bucket -> deadline
+        self._held: set[int] = set()
+        self._claim: set[int] = set()  # leases just taken: their pending to claim
+        self._passes: dict[int, float] = {}  # Cluster: bucket -> when its next full pass is due
+        self._active: set[str] = set()  # Cluster: the slot streams to read
+        self._draining: dict[int, float] = {}  # given up, in flight: bucket -> deadline
         self._renewed = 0.0
         self._rounds = 0
         self._taken: set[str] = set()  # refs handed out and not done: never handed out twice
@@ -120,7 +120,7 @@ class RedisSource:
     async def _drain(self) -> None:
         """Renew the leases given up until their deliveries in flight end, then give them
         back: a planned hand-over sends nothing twice."""
-        busy = {self._bucket(ref.partition(" ")[0] or None) for ref in self._taken}
+        busy = {self._bucket(ref.partition(" ")[0]) for ref in self._taken}
         for bucket, deadline in list(self._draining.items()):
             if bucket in busy and time.monotonic() < deadline:
                 await self._take(bucket, self.lease_ms)
@@ -128,25 +128,26 @@ class RedisSource:
                 await self._take(bucket, 0)
                 del self._draining[bucket]
 
-    async def _take(self, bucket: int | None, ttl_ms: int) -> bool:
+    async def _take(self, bucket: int, ttl_ms: int) -> bool:
         key = keys.lease_key(self.prefix, self.app, self.group, bucket)
         return bool(await self._lease(keys=[key], args=[self.consumer, ttl_ms]))
 
-    def _lose(self, bucket: int | None) -> None:
+    def _lose(self, bucket: int) -> None:
         self._held.discard(bucket)
         self._claim.discard(bucket)
         self._passes.pop(bucket, None)
-        if bucket is not None:
-            self._active = {t for t in self._active if self._bucket(t) != bucket}
+        self._active = {t for t in self._active if self._bucket(t) != bucket}
         log.info("webhooks out %s: no longer delivering bucket %s", self.group, bucket)
 
-    @staticmethod
-    def _bucket(tag: str | None) -> int | None:
-        return None if tag is None else keys.bucket_of(key_slot(tag.encode()))
+    def _bucket(self, tag: str) -> int:
+        """The bucket of a stream: Cluster, that of its slot; standalone, in its name."""
+        if self.cluster:
+            return keys.bucket_of(key_slot(tag.encode()))
+        return int(tag.removeprefix("b"))
 
     def owns(self, message: Message) -> bool:
         """Whether this node still holds the lease of the message's stream."""
-        return self._bucket(message.ref.partition(" ")[0] or None) in self._held
+        return self._bucket(message.ref.partition(" ")[0]) in self._held
 
     def forget(self, message: Message) -> None:
         """A message handed out that will not be done here (its lease went elsewhere)."""
@@ -154,7 +155,7 @@ class RedisSource:
 
     # reading
 
-    def _stream(self, tag: str | None) -> bytes:
+    def _stream(self, tag: str) -> bytes:
         return keys.stream_key(self.prefix, self.app, tag)
 
     async def take(self, limit: int) -> list[Message]:
@@ -165,6 +166,13 @@ class RedisSource:
         out: list[Message] = []
         for bucket in list(self._claim):
             tags = await self._existing(bucket)
+            if not self.cluster:  # so one blocking read covers every held stream (NOGROUP)
+                await self._pipeline(
+                    [
+                        ("XGROUP", "CREATE", self._stream(t), self.group, "$", "MKSTREAM")
+                        for t in tags
+                    ]
+                )
             for tag in tags:
                 out += await self._claim_pending(tag)
             self._active.update(tags)
@@ -172,11 +180,10 @@ class RedisSource:
             self._claim.discard(bucket)
         if out:
             return out
-        if self.cluster:
-            await self._find()
         if not self.cluster:
-            return await self._read([None], limit, block=1000)
-        out = await self._read(sorted(self._active, key=str), limit, block=None)
+            return await self._read_blocking(limit)
+        await self._find()
+        out = await self._read(sorted(self._active), limit)
         if not out:
             await asyncio.sleep(0.1)
         return out
@@ -185,10 +192,10 @@ class RedisSource:
         """Cluster: add the streams hinted, and those of held buckets due a full pass."""
         now = time.monotonic()
         for bucket in list(self._held):
-            if bucket is not None and self._passes.get(bucket, 0.0) <= now:
+            if self._passes.get(bucket, 0.0) <= now:
                 self._passes[bucket] = now + self.full_pass_s
                 self._active.update(await self._existing(bucket))
-        held = [b for b in self._held if b is not None]
+        held = list(self._held)
         replies = await self._pipeline(
             [("SMEMBERS", keys.hint_key(self.prefix, self.app, b)) for b in held]
         )
@@ -203,29 +210,35 @@ class RedisSource:
         if drops:
             await self._pipeline(drops)
 
-    async def _existing(self, bucket: int | None) -> list[str | None]:
-        """The streams of ``bucket`` that exist (standalone: the one)."""
-        if bucket is None:
-            return [None]
+    async def _existing(self, bucket: int) -> list[str]:
+        """The streams of ``bucket`` that exist (standalone: its one stream)."""
+        if not self.cluster:
+            return [keys.standalone_tag(bucket)]
         tags = [slot_tag(s) for s in keys.slots_of(bucket)]
         found = await self._pipeline([("EXISTS", self._stream(t)) for t in tags])
         return [t for t, n in zip(tags, found, strict=True) if n == 1]
 
-    async def _read(
-        self, tags: Sequence[str | None], limit: int, block: int | None
-    ) -> list[Message]:
-        if block is not None:
-            [tag] = tags
-            try:
-                reply: Any = await self.client.xreadgroup(
-                    self.group, self.consumer, {self._stream(tag): ">"}, count=limit, block=block
-                )
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await asyncio.sleep(block / 1000)  # nothing was ever queued for this endpoint
-                return []
-            return [m for _, entries in reply or () for m in self._messages(tag, entries)]
+    async def _read_blocking(self, limit: int) -> list[Message]:
+        """Standalone: one XREADGROUP over the held buckets' streams, blocking up to 1 s."""
+        tags = {self._stream(keys.standalone_tag(b)): keys.standalone_tag(b) for b in self._held}
+        try:
+            reply: Any = await self.client.xreadgroup(
+                self.group, self.consumer, dict.fromkeys(tags, ">"), count=limit, block=1000
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._claim.update(self._held)  # a stream lost its group (deleted): make it again
+            return []
+        out: list[Message] = []
+        for name, entries in _entries(reply or []):
+            tag = tags.get(name if isinstance(name, bytes) else str(name).encode())
+            if tag is not None:
+                out += self._messages(tag, entries)
+        return out
+
+    async def _read(self, tags: Sequence[str], limit: int) -> list[Message]:
+        """Cluster: a non-blocking XREADGROUP per slot stream, pipelined per node."""
         out: list[Message] = []
         replies = await self._pipeline(
             [
@@ -260,7 +273,7 @@ class RedisSource:
             out += await pipe.execute(raise_on_error=False)
         return out
 
-    async def _claim_pending(self, tag: str | None) -> list[Message]:
+    async def _claim_pending(self, tag: str) -> list[Message]:
         out: list[Message] = []
         start: Any = "0-0"
         while True:
@@ -277,10 +290,10 @@ class RedisSource:
             if start in (b"0-0", "0-0"):
                 return out
 
-    def _messages(self, tag: str | None, entries: Iterable[Any]) -> list[Message]:
+    def _messages(self, tag: str, entries: Iterable[Any]) -> list[Message]:
         out = []
         for entry_id, fields in entries:
-            ref = f"{tag or ''} {entry_id.decode()}"
+            ref = f"{tag} {entry_id.decode()}"
             if ref in self._taken:
                 continue
             try:
@@ -296,13 +309,16 @@ class RedisSource:
 
     async def done(self, message: Message) -> None:
         tag, _, entry_id = message.ref.partition(" ")
-        await self.client.xack(self._stream(tag or None), self.group, entry_id)
+        await self.client.xack(self._stream(tag), self.group, entry_id)
         self._taken.discard(message.ref)
 
     async def depth(self) -> int:
         """Entries not yet read plus pending, over the streams this node reads."""
         total = 0
-        tags = sorted(self._active, key=str) if self.cluster else [None]
+        if self.cluster:
+            tags = sorted(self._active)
+        else:
+            tags = [keys.standalone_tag(b) for b in sorted(self._held)]
         replies = await self._pipeline([("XINFO", "GROUPS", self._stream(t)) for t in tags])
         for groups in replies:
             if isinstance(groups, Exception):

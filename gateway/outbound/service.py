@@ -36,7 +36,10 @@ class Outbound:
                     queue = outbox.add(app.id, endpoint)
                     self.workers.append(Delivery(app.id, endpoint, queue, metrics))
             return
+        from redis.asyncio import RedisCluster
+
         from gateway.backends.redis import RedisStore
+        from gateway.outbound import keys
         from gateway.outbound.redis import RedisSource, consumer_name
 
         assert isinstance(store, RedisStore)
@@ -45,7 +48,9 @@ class Outbound:
         for app in apps:
             types = sorted({LETTERS[e] for ep in app.webhooks for e in ep.events})
             groups = ";".join(ep.group(app.id) for ep in app.webhooks)
-            maxlen = max(ep.max_queue for ep in app.webhooks)
+            maxlen = keys.stream_bound(
+                max(ep.max_queue for ep in app.webhooks), isinstance(client, RedisCluster)
+            )
             store.webhooks[app.id] = b"%d,%b,%b" % (
                 maxlen,
                 "".join(types).encode(),
