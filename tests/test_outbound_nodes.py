@@ -75,3 +75,21 @@ async def test_exactly_once_across_two_nodes(
     assert sum(shares) == 2 * len(users) and min(shares) > 0  # both nodes did some
     for user in users:
         assert [h.body["type"] for h in rx.delivered(user)] == ["user.online", "user.offline"]
+
+
+async def test_grace_on_cluster_across_nodes(tmp_path: Path, redis_cluster_url: str) -> None:
+    """On Cluster with offline_grace_ms, an offline ended by the sweep of either node is sent
+    once; a reconnect inside the grace, through the other node, sends nothing."""
+    flapper, leaver = f"flap-{time.time_ns()}", f"leave-{time.time_ns()}"
+    async with receiving() as rx:
+        text = config_text([rx.url], redis_url=redis_cluster_url, cluster=True, grace_ms=800)
+        async with nodes(tmp_path, 2, text) as (a, b):
+            await tencent(a, flapper, "Login")
+            await tencent(b, leaver, "Login")
+            await rx.wait(lambda hits: len(hits) >= 2)
+            await tencent(a, flapper, "Disconnect")
+            await tencent(b, flapper, "Login")
+            await tencent(a, leaver, "Disconnect")
+            # within the full pass (10 s): the sweep's hint finds the stream
+            await rx.wait(lambda hits: len(hits) >= 3, within=5)
+    assert [(h.user, h.body["type"]) for h in rx.hits[2:]] == [(leaver, "user.offline")]

@@ -22,6 +22,10 @@ key and channel always share a slot)::
                          Cluster primary's hint of its non-empty indexes (``<s>`` the tag of
                          the lowest slot it serves)
 
+Webhooks out (SPEC 9): apply.lua also XADDs each published change into the stream of the
+user's slot (Cluster) or of its slot's bucket (standalone), in the same atomic step; those keys,
+their leases and the hints ``_hint_webhooks`` writes are in ``gateway/outbound/keys.py``.
+
 ``lua/apply.lua`` merges a user's events, stores and publishes in one atomic step, for several
 users per call: a webhook batch is one EVALSHA on standalone Redis (up to ``MAX_USERS_PER_CALL``
 users a call) and one per hash slot on Cluster, sent in one write per node (``redis_wire``).

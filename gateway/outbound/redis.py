@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 LEASE_MS = 5000
 FULL_PASS_S = 10.0
 CLAIM_BATCH = 500
+CONSUMER_IDLE_MS = 3_600_000
 CHUNK = 256  # commands per pipeline
 
 _LEASE = resources.files("gateway.backends").joinpath("lua/lease.lua").read_text()
@@ -175,6 +176,7 @@ class RedisSource:
                 )
             for tag in tags:
                 out += await self._claim_pending(tag)
+                await self._forget_consumers(tag)
             self._active.update(tags)
             self._passes[bucket] = time.monotonic() + self.full_pass_s
             self._claim.discard(bucket)
@@ -289,6 +291,18 @@ class RedisSource:
             out += self._messages(tag, [e for e in entries if e and e[1]])
             if start in (b"0-0", "0-0"):
                 return out
+
+    async def _forget_consumers(self, tag: str) -> None:
+        """Drop the group's consumers idle past ``CONSUMER_IDLE_MS`` with nothing pending
+        (nodes gone: every restart is a new consumer), so the group does not grow."""
+        try:
+            consumers: Any = await self.client.xinfo_consumers(self._stream(tag), self.group)
+        except ResponseError:
+            return
+        for c in consumers:
+            name, idle, pending = c.get("name"), c.get("idle", 0), c.get("pending", 1)
+            if name and not pending and idle > CONSUMER_IDLE_MS:
+                await self.client.xgroup_delconsumer(self._stream(tag), self.group, name)
 
     def _messages(self, tag: str, entries: Iterable[Any]) -> list[Message]:
         out = []
