@@ -44,8 +44,8 @@ import msgspec
 
 from gateway import pullapi_sim
 from gateway.config import AppConfig, dev_settings
-from gateway.model import PresenceEvent
-from gateway.providers import easemob, netease, rongcloud, standard, tencent, wukongim
+from gateway.model import PresenceEvent, custom_event
+from gateway.providers import easemob, netease, openim, rongcloud, standard, tencent, wukongim
 from gateway.providers.base import WebhookRequest
 
 PROVIDER_NAMES = ("tencent", "rongcloud", "openim", "standard", "easemob", "netease", "wukongim")
@@ -114,33 +114,7 @@ CATALOG: dict[str, dict[str, tuple[str, ...]]] = {
 }
 OWN_CHANCE = {"phone": 1.0, "desktop": 0.7, "web": 0.5, "tablet": 0.25}
 
-# Wire names. Tencent's State.StateChange sends "IOS" in OptPlatform, "iOS" in KickedDevice.
-TENCENT_OPT = {"ios": "IOS", "android": "Android", "windows": "Windows", "mac": "Mac"}
-TENCENT_OPT |= {"web": "Web", "ipad": "iPad"}
-TENCENT_KICKED = TENCENT_OPT | {"ios": "iOS"}
-TENCENT_ACTION = {
-    LOGIN: ("Login", "Register"),
-    LOGOUT: ("Logout", "Unregister"),
-    KICKED: ("Logout", "Unregister"),  # older SDKs: a separate Logout for the kicked device
-    DISCONNECT: ("Disconnect", "LinkClose"),
-    TIMEOUT: ("Disconnect", "TimeOut"),
-    ADMIN_KICK: ("Logout", "OpenKickInstance"),
-    CUSTOM_STATUS: ("CustomStatusChange", "SetCustomStatus"),
-}
-RONGCLOUD_OS = {"ios": "iOS", "android": "Android", "harmonyos": "HarmonyOS", "pc": "PC"}
-RONGCLOUD_OS |= {"web": "Websocket", "miniprogram": "MiniProgram"}
-OPENIM_PLATFORM = {
-    "ios": (1, "IOS"),
-    "android": (2, "Android"),
-    "windows": (3, "Windows"),
-    "mac": (4, "OSX"),
-    "web": (5, "Web"),
-    "miniprogram": (6, "MiniWeb"),
-    "linux": (7, "Linux"),
-    "apad": (8, "APad"),
-    "ipad": (9, "IPad"),
-    "harmonyos": (11, "HarmonyOS"),
-}
+# Wire names and signatures are the provider modules' own (their build_request).
 
 
 def _device_id(user: str, gadget: _Gadget) -> str:
@@ -389,7 +363,7 @@ class Simulation:
         if user.provider == "tencent":
             return gadget.platform
         if user.provider == "openim":
-            pid = str(OPENIM_PLATFORM[gadget.platform][0])
+            pid = str(openim.ID_OF[gadget.platform])
             if zlib.crc32(user.name.encode()) % 2:  # OpenIM <= 3.7: a connID per connection
                 return f"{pid}-{self.rng.getrandbits(32):08x}"
             return pid  # OpenIM >= 3.8.2 sends an empty connID: keyed by platform id
@@ -685,116 +659,117 @@ def _hook(target: Target, provider: str) -> str:
     return f"/v1/apps/{quote(target.app, safe='')}/webhooks/{provider}"
 
 
+# how -> the reason tencent.build_request sends it with (Action, Reason in tencent.ACTIONS)
+_TENCENT_REASON = {
+    LOGIN: "register",
+    LOGOUT: "unregister",
+    KICKED: "unregister",  # older SDKs: a separate Logout
+    DISCONNECT: "linkclose",
+    TIMEOUT: "timeout",
+    ADMIN_KICK: "openkickinstance",
+}
+
+
 def build_tencent(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
-    """``State.StateChange``; a Login may list ``KickedDevice``; signed when a token is set."""
     first, kicked = d.changes[0], d.changes[1:]
-    action, reason = TENCENT_ACTION[first.how]
-    if first.how == ADMIN_KICK:
-        platform = "RESTAPI"
-    elif first.platform == "mac" and d.style % 2:
-        platform = "macOS"
-    else:
-        platform = TENCENT_OPT[first.platform]
-    body: dict[str, object] = {
-        "CallbackCommand": tencent.COMMAND,
-        "EventTime": first.time,
-        "Info": {"Action": action, "To_Account": first.user, "Reason": reason},
-    }
+    config = tencent.TencentConfig(
+        sdkappid=target.tencent_sdkappid, callback_token=target.tencent_token
+    )
     if first.how == CUSTOM_STATUS:
-        body["CustomStatus"] = CUSTOM_TEXTS[first.time % len(CUSTOM_TEXTS)]
+        text = CUSTOM_TEXTS[first.time % len(CUSTOM_TEXTS)]
+        ev = msgspec.structs.replace(
+            custom_event(first.user, text, first.time), platform=first.platform
+        )
+    else:
+        ev = PresenceEvent(
+            first.user,
+            first.platform,
+            first.platform,
+            first.online,
+            first.time,
+            _TENCENT_REASON[first.how],
+        )
     if kicked and first.how == LOGIN:
         assert all(c.how == KICKED and c.time == first.time for c in kicked), d
-        body["KickedDevice"] = [{"Platform": TENCENT_KICKED[c.platform]} for c in kicked]
-    query = [
-        ("SdkAppid", str(target.tencent_sdkappid)),
-        ("CallbackCommand", tencent.COMMAND),
-        ("contenttype", "json"),
-        ("ClientIP", _client_ip(first.user)),
-        ("OptPlatform", platform),
-    ]
-    if target.tencent_token:
-        request_time = str(now_ms // 1000)
-        query += [
-            ("RequestTime", request_time),
-            ("Sign", tencent.sign(target.tencent_token, request_time)),
-        ]
-    return HttpRequest(
-        "POST", _hook(target, "tencent"), tuple(query), dict(_JSON), _json.encode(body)
+    mac_os = first.platform == "mac" and d.style % 2 and first.how != ADMIN_KICK
+    req = tencent.build_request(
+        config,
+        ev,
+        kicked=[c.platform for c in kicked] if first.how == LOGIN else (),
+        opt_platform="macOS" if mac_os else None,
+        custom_in="top",
+        client_ip=_client_ip(first.user),
+        now_ms=now_ms,
     )
+    return _http(target, "tencent", req)
+
+
+def _rc_ip(ev: PresenceEvent) -> str:
+    return f"{_client_ip(ev.user)}:{40000 + zlib.crc32(ev.device.encode()) % 20000}"
 
 
 def build_rongcloud(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
-    """A JSON array of status events; the query signs secret + nonce + timestamp."""
-    status = {LOGIN: "0", LOGOUT: "2"}
-    body = [
-        {
-            "userid": c.user,
-            "status": status.get(c.how, "1"),
-            "os": RONGCLOUD_OS[c.platform],
-            "time": c.time,
-            "clientIp": f"{_client_ip(c.user)}:{40000 + zlib.crc32(c.device.encode()) % 20000}",
-            "sessionId": c.device,
-        }
+    config = rongcloud.RongCloudConfig(
+        app_key=target.rongcloud_app_key, app_secret=target.rongcloud_app_secret
+    )
+    events = [
+        PresenceEvent(
+            c.user,
+            c.device,
+            c.platform,
+            c.online,
+            c.time,
+            "" if c.online else ("logout" if c.how == LOGOUT else "offline"),
+        )
         for c in d.changes
     ]
-    nonce = str(_nonces.randrange(10**9))
-    if d.style == 3:  # the oldest form: rc-* names, timestamp in seconds
-        ts = str(now_ms // 1000)
-        names = ("rc-nonce", "rc-timestamp", "rc-signature")
-    else:
-        ts = str(now_ms)
-        names = ("nonce", "signTimestamp" if d.style == 2 else "timestamp", "signature")
-    signature = rongcloud.sign(target.rongcloud_app_secret, nonce, ts)
-    query = (("appKey", target.rongcloud_app_key), *zip(names, (nonce, ts, signature), strict=True))
-    return HttpRequest("POST", _hook(target, "rongcloud"), query, dict(_JSON), _json.encode(body))
+    style = ("timestamp", "timestamp", "signTimestamp", "rc")[d.style]
+    req = rongcloud.build_request(
+        config,
+        events,
+        now_ms=now_ms,
+        style=style,  # type: ignore[arg-type]
+        nonce=str(_nonces.randrange(10**9)),
+        client_ip=_rc_ip,
+    )
+    return _http(target, "rongcloud", req)
 
 
 def build_openim(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
-    """An OpenIM user callback; its command in the path, ``?command=`` or only the body."""
     (c,) = d.changes
-    kind = "Online" if c.online else ("KickOff" if c.how == KICKED else "Offline")
-    # style 0: v3.7+ path; 1: v3.5-3.6 path; 2: v3.0-3.4 ?command=; 3: only in the body
-    command = f"callback{'After' if d.style in (0, 3) else ''}User{kind}Command"
-    pid, name = OPENIM_PLATFORM[c.platform]
-    body: dict[str, object] = {
-        "callbackCommand": command,
-        "operationID": f"sim-{d.id}",
-        "platformID": pid,
-        "platform": name,
-        "userID": c.user,
-        "seq": c.time,
-        "connID": "" if c.device.isdigit() else c.device,  # see Simulation._key
-    }
-    if c.online:
-        body["isAppBackground"] = False
-    path = _hook(target, "openim")
-    if target.openim_token:
-        path += "/" + quote(target.openim_token, safe="")
-    query: tuple[tuple[str, str], ...] = ()
-    if d.style in (0, 1):
-        path += "/" + command
-    elif d.style == 2:
-        query = (("command", command),)
-    headers = _JSON | {"operationID": f"sim-{d.id}"}
-    return HttpRequest("POST", path, query, headers, _json.encode(body))
+    ev = PresenceEvent(
+        c.user, c.device, c.platform, c.online, c.time, "kicked" if c.how == KICKED else ""
+    )
+    req = openim.build_request(
+        openim.OpenIMConfig(token=target.openim_token),
+        ev,
+        command_in=("path", "path", "query", "body")[d.style],
+        after=d.style in (0, 3),
+        operation_id=f"sim-{d.id}",
+        now_ms=now_ms,
+    )
+    return _http(target, "openim", req)
 
 
 def build_standard(d: Delivery, target: Target, now_ms: int) -> HttpRequest:
-    """Our own event format, signed per the Standard Webhooks spec (``webhook-*`` headers)."""
-    status = {LOGIN: "online", LOGOUT: "logout", ADMIN_KICK: "logout"}
     events = [
-        {
-            "user": c.user,
-            "device": c.device,
-            "platform": c.platform,
-            "status": status.get(c.how, "offline"),
-            "time": c.time,
-        }
+        PresenceEvent(
+            c.user,
+            c.device,
+            c.platform,
+            c.online,
+            c.time,
+            "" if c.online else ("logout" if c.how in (LOGOUT, ADMIN_KICK) else "offline"),
+        )
         for c in d.changes
     ]
-    body = _json.encode({"events": events})
-    headers = _JSON | standard.sign(target.standard_secret, d.msg_id, body, now_ms // 1000)
-    return HttpRequest("POST", _hook(target, "standard"), (), headers, body)
+    req = standard.build_request(
+        standard.StandardConfig(secret=target.standard_secret),
+        events,
+        now_ms=now_ms,
+        msg_id=d.msg_id,
+    )
+    return _http(target, "standard", req)
 
 
 def _event(c: Change) -> PresenceEvent:
