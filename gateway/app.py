@@ -84,6 +84,8 @@ class Gateway:
         await self.heap.start()
         await self.hub.start()
         await self.broker.start()
+        # Always: it also forgets expired users on memory and finishes graces left pending
+        # by an earlier config with the grace on.
         grace = self.settings.presence.offline_grace_ms
         self._sweeper = asyncio.create_task(self._sweep(grace), name="grace-sweeper")
         await self.outbound.start()
