@@ -25,7 +25,7 @@ from gateway.backends.redis import (
     user_channel,
     user_key,
 )
-from gateway.backends.redis_wire import command
+from gateway.backends.redis.wire import command
 from gateway.errors import StoreUnavailable
 from gateway.model import DeviceRecord, DeviceView, PresenceEvent, UserState, state_encoder
 from tests.servers import RedisServer, free_port

@@ -47,7 +47,7 @@ CLAIM_BATCH = 500
 CONSUMER_IDLE_MS = 3_600_000
 CHUNK = 256  # commands per pipeline
 
-_LEASE = resources.files("gateway.backends").joinpath("lua/lease.lua").read_text()
+_LEASE = resources.files("gateway.backends.redis").joinpath("lua/lease.lua").read_text()
 
 
 def consumer_name() -> str:

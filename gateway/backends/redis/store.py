@@ -83,8 +83,8 @@ from redis.exceptions import (
 
 from gateway.backends.base import ApplyResult, MessageHandler, PresenceSettings, ResetHandler
 from gateway.backends.memory import clock_ms
-from gateway.backends.redis_coordination import RedisCoordination
-from gateway.backends.redis_wire import Wire, bulk, command, redact
+from gateway.backends.redis.coordination import RedisCoordination
+from gateway.backends.redis.wire import Wire, bulk, command, redact
 from gateway.errors import StoreUnavailable
 from gateway.model import (
     MAX_MARKS,
@@ -104,7 +104,7 @@ FULL_PASS_S = 5.0  # Cluster: every slot's grace index is looked at once in this
 
 
 def _lua(name: str) -> str:
-    return resources.files("gateway.backends").joinpath(f"lua/{name}").read_text()
+    return resources.files("gateway.backends.redis").joinpath(f"lua/{name}").read_text()
 
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
