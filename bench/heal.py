@@ -11,7 +11,7 @@ and OpenIM at ``--rate`` webhooks/s for ``--duration`` s and drops 5 % of the we
 has the change). Every user is watched (one WebSocket connection per app, ``max_watch``
 users each), since reconciliation re-checks only the users shown online and the watched ones.
 Once a second each app's query API is compared with the model
-(``gateway.simulate_heal.compare``: users whose online/offline status is wrong); after the
+(``gateway.simulate.heal.compare``: users whose online/offline status is wrong); after the
 last webhook it goes on until the ``heal`` set shows 0 wrong twice in a row or
 ``HEAL_LIMIT_S``.
 
@@ -46,9 +46,11 @@ from bench.target import (
 )
 from gateway.config import parse as parse_config
 from gateway.errors import ConfigError
-from gateway.simulate import Dropper, Simulation, build, clock_ms, user_ids
-from gateway.simulate import Target as SimTarget
-from gateway.simulate_heal import PULL_PROVIDERS, Comparison, compare, pull_calls, serve_model
+from gateway.simulate.behaviour import Simulation
+from gateway.simulate.delivery import Dropper, clock_ms, user_ids
+from gateway.simulate.heal import PULL_PROVIDERS, Comparison, compare, pull_calls, serve_model
+from gateway.simulate.requests import Target as SimTarget
+from gateway.simulate.requests import build
 from gateway.tokens import issue
 
 HEAL, NOHEAL = "heal", "noheal"

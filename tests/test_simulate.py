@@ -18,7 +18,7 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import cli, simulate
+from gateway import cli
 from gateway.backends.base import PresenceSettings
 from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
 from gateway.model import PresenceEvent
@@ -36,7 +36,9 @@ from gateway.reconcile.http import HttpSettings
 from gateway.reconcile.openim import OpenIMClient
 from gateway.reconcile.rongcloud import RongCloudClient
 from gateway.reconcile.tencent import TencentClient
-from gateway.simulate import (
+from gateway.simulate.behaviour import Simulation
+from gateway.simulate.command import command
+from gateway.simulate.delivery import (
     ADMIN_KICK,
     ARRIVAL_ORDERED,
     CUSTOM_STATUS,
@@ -46,17 +48,12 @@ from gateway.simulate import (
     PROVIDER_NAMES,
     Delivery,
     Dropper,
-    HttpRequest,
-    Options,
-    Result,
-    Simulation,
-    Target,
-    build,
     clock_ms,
-    run,
     user_ids,
 )
-from gateway.simulate_heal import compare, pull_calls, serve_model, watch_all
+from gateway.simulate.heal import compare, pull_calls, serve_model, watch_all
+from gateway.simulate.requests import HttpRequest, Target, build
+from gateway.simulate.sender import Options, Result, run
 from tests.live import serve
 from tests.servers import free_port
 
@@ -666,7 +663,7 @@ async def test_cli_serves_the_pull_apis_checks_and_reports_the_drops(
             *("--rate", "1000", "--seed", "4", "--drop", "0.2", "--quiet"),
             *("--serve-pull-api", str(port), "--check-every", "0.05", "--linger", "2"),
         )
-        task = asyncio.create_task(simulate.command(args, asyncio.Event()))
+        task = asyncio.create_task(command(args, asyncio.Event()))
         (client, *others) = pull_clients(f"http://127.0.0.1:{port}", Target())
         try:
             async with asyncio.timeout(20):
@@ -712,7 +709,7 @@ async def test_cli_says_when_the_pull_api_port_is_taken(capsys: pytest.CaptureFi
     sim = Simulation(["alice"], ("tencent",), seed=1)
     async with serve_model(sim, Target()) as server:
         args = sim_args("--serve-pull-api", str(server.port), "--count", "1")
-        assert await simulate.command(args, asyncio.Event()) == 2
+        assert await command(args, asyncio.Event()) == 2
     assert f"cannot serve the pull APIs on 127.0.0.1:{server.port}" in capsys.readouterr().err
 
 

@@ -1,7 +1,7 @@
 """The simulator's reconciliation side: its model's pull APIs, and the gateway against the model.
 
 ``serve_model`` serves the fake pull APIs of Tencent IM, RongCloud and OpenIM
-(``gateway.pullapi_sim``, which check credentials as the real ones do) on one loopback
+(``gateway.simulate.pullapi``, which check credentials as the real ones do) on one loopback
 port, answering from a ``Simulation``'s model: what each provider knows right now, dropped
 webhooks included. ``compare`` asks the gateway's query API about every simulated user and
 says who is shown wrongly, so ``simulate --drop`` shows the damage and reconciliation
@@ -23,9 +23,14 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from gateway.pullapi_sim import FakeOpenIM, FakePullApi, FakeRongCloud, FakeServer, FakeTencent
-from gateway.pullapi_sim import serve as serve_fakes
-from gateway.simulate import Simulation, Target
+from gateway.simulate.behaviour import Simulation
+from gateway.simulate.pullapi.base import FakePullApi
+from gateway.simulate.pullapi.openim import FakeOpenIM
+from gateway.simulate.pullapi.rongcloud import FakeRongCloud
+from gateway.simulate.pullapi.server import FakeServer
+from gateway.simulate.pullapi.server import serve as serve_fakes
+from gateway.simulate.pullapi.tencent import FakeTencent
+from gateway.simulate.requests import Target
 
 PULL_PROVIDERS = ("tencent", "rongcloud", "openim")  # those with a pull API (SPEC 8)
 QUERY_BATCH = 500  # users per GET /presence (the API takes 1000; shorter URLs)
