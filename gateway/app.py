@@ -37,7 +37,10 @@ from gateway.startup import startup_warnings
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# Package data (pyproject.toml), so a pip-installed gateway serves them too: the browser client
+# under /web/ always, the demo and test pages (under / and /demo/) in dev mode only.
+WEB_DIR = Path(__file__).resolve().parent / "web"
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
 
 
 class Gateway:
@@ -178,7 +181,7 @@ def create_app(settings: Settings) -> WebSocketFront:
     async def index(request: Request) -> Response:
         if not settings.dev_mode:
             return JSONResponse({"error": "not found"}, status_code=404)
-        return FileResponse(WEB_DIR / "index.html")
+        return FileResponse(DEMO_DIR / "index.html")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -212,6 +215,8 @@ def create_app(settings: Settings) -> WebSocketFront:
     ]
     if WEB_DIR.is_dir():
         routes.append(Mount("/web", app=StaticFiles(directory=WEB_DIR), name="web"))
+    if settings.dev_mode:
+        routes.append(Mount("/demo", app=StaticFiles(directory=DEMO_DIR), name="demo"))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gw
     app.add_middleware(AccessLog)

@@ -213,7 +213,7 @@ async def test_dot_follows_tencent_webhooks(
     page: Page, gateway: GatewayProcess, http: httpx.AsyncClient
 ) -> None:
     """A dot turns online within 1 s of a Tencent Login and shows "last seen" after a Disconnect."""
-    await page.goto(gateway.url("/web/test-dots.html"))
+    await page.goto(gateway.url("/demo/test-dots.html"))
     bob = page.locator('presence-dot[user="bob"]').first
     await expect(page.locator("#status")).to_have_text("open", timeout=WAIT_MS)
     await expect(bob).to_have_attribute("status", "offline", timeout=WAIT_MS)
@@ -245,7 +245,7 @@ async def test_dot_survives_gateway_restart(
     page: Page, gateway: GatewayProcess, http: httpx.AsyncClient
 ) -> None:
     """After the gateway is killed and restarted on its port, the page reconnects and re-watches."""
-    await page.goto(gateway.url("/web/test-dots.html"))
+    await page.goto(gateway.url("/demo/test-dots.html"))
     status = page.locator("#status")
     carol = page.locator('presence-dot[user="carol"]')
     await expect(status).to_have_text("open", timeout=WAIT_MS)
@@ -404,7 +404,7 @@ async def test_dots_fall_back_to_sse_when_websockets_fail(
 ) -> None:
     """With every WebSocket failing, "auto" moves to SSE and a dot turns online within 1 s."""
     await page.add_init_script(FAILING_WEBSOCKET)
-    await page.goto(gateway.url("/web/test-dots.html"))
+    await page.goto(gateway.url("/demo/test-dots.html"))
     bob = page.locator('presence-dot[user="bob"]').first
     await expect(page.locator("#status")).to_have_text("open", timeout=WAIT_MS)
     assert await client_transport(page) == "sse"
@@ -428,7 +428,7 @@ async def test_sse_transport_survives_gateway_restart(
     """transport "sse": no WebSocket at all; after a gateway kill and restart the page streams
     again, with the restarted gateway's fresh snapshot."""
     await page.add_init_script(COUNTING_WEBSOCKET)
-    await page.goto(gateway.url("/web/test-dots.html?transport=sse"))
+    await page.goto(gateway.url("/demo/test-dots.html?transport=sse"))
     status = page.locator("#status")
     carol = page.locator('presence-dot[user="carol"]')
     await expect(status).to_have_text("open", timeout=WAIT_MS)

@@ -43,7 +43,7 @@ async def test_dot_shows_custom_status_set_through_the_api(
 ) -> None:
     """A show-custom dot labels "Bob is online: In a meeting" and shows the text as
     ::part(custom); a dot without show-custom has it only in its label; clearing removes it."""
-    await page.goto(gateway.url("/web/test-dots.html"))
+    await page.goto(gateway.url("/demo/test-dots.html"))
     await expect(page.locator("#status")).to_have_text("open", timeout=WAIT_MS)
     await page.evaluate(
         """() => {

@@ -1,16 +1,16 @@
-// What of web/presence-dot.js runs without a DOM: the label wording (custom status included),
-// and that the module loads where there is no `customElements`. The element itself is covered
-// by tests/test_browser.py in Chromium.
+// What of gateway/web/presence-dot.js runs without a DOM: the label wording (custom status
+// included), and that the module loads where there is no `customElements`. The element itself
+// is covered by tests/test_browser.py in Chromium.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { customOf, describePresence, platformName, timeAgo, usePresence } from "../../web/presence-dot.js";
+import { customOf, describePresence, platformName, timeAgo, usePresence } from "../../gateway/web/presence-dot.js";
 
 const NOW = 1_763_700_000_000;
 /** @param {object} fields */
 const state = (fields) =>
-  /** @type {import("../../web/presence.js").PresenceState} */ ({
+  /** @type {import("../../gateway/web/presence.js").PresenceState} */ ({
     user: "bob",
     status: "online",
     since: NOW,

@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { PresenceClient } from "../../web/presence.js";
-import { sseUrlFor, streamUrl, tokenSubject } from "../../web/sse.js";
+import { PresenceClient } from "../../gateway/web/presence.js";
+import { sseUrlFor, streamUrl, tokenSubject } from "../../gateway/web/sse.js";
 import { fakeEventSource, fakeWebSocket, jwtFor, record, settle, st, tokens, useClock } from "./fakes.js";
 
 const URL_WS = "wss://gw.test/v1/apps/demo/ws";

@@ -1,9 +1,9 @@
-// Compiled by `tsc -p web/tsconfig.json` only (never run): uses web/presence.d.ts and
-// web/presence-dot.d.ts the way a TypeScript application would, so a declaration that drifts
-// from the documented API fails the type check.
+// Compiled by `tsc -p gateway/web/tsconfig.json` only (never run): uses gateway/web/presence.d.ts
+// and gateway/web/presence-dot.d.ts the way a TypeScript application would, so a declaration that
+// drifts from the documented API fails the type check.
 
-import { ErrorCode, PresenceClient, type PresenceState } from "../../web/presence.js";
-import { describePresence, usePresence, type PresenceDotAttributes } from "../../web/presence-dot.js";
+import { ErrorCode, PresenceClient, type PresenceState } from "../../gateway/web/presence.js";
+import { describePresence, usePresence, type PresenceDotAttributes } from "../../gateway/web/presence-dot.js";
 
 const client = new PresenceClient({
   url: "wss://example.test/v1/apps/demo/ws",

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { PresenceClient } from "../../web/presence.js";
+import { PresenceClient } from "../../gateway/web/presence.js";
 import { fakeWebSocket, record, settle, st, tokens, useClock } from "./fakes.js";
 
 const URL_WS = "wss://gw.test/v1/apps/demo/ws";

@@ -2,8 +2,8 @@
 // provider-format webhooks (Tencent IM, RongCloud, OpenIM, Easemob, NetEase, WuKongIM) to
 // this gateway.
 
-import { PresenceClient } from "./presence.js";
-import { customOf, describePresence, platformIcon, platformName, timeAgo, usePresence } from "./presence-dot.js";
+import { PresenceClient } from "/web/presence.js";
+import { customOf, describePresence, platformIcon, platformName, timeAgo, usePresence } from "/web/presence-dot.js";
 
 // ------------------------------------------------------------------------------------------
 // Dev mode's app (SPEC §2). Its secrets are not here: every provider's request is built and
