@@ -11,10 +11,11 @@ from typing import Annotated
 
 import msgspec
 
+from gateway.errors import BadMessage as BadMessage
 from gateway.model import UserState
+from gateway.types import UserId
 
 MAX_MESSAGE = 64 * 1024
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 RequestId = int | str | None
 UserList = Annotated[list[UserId], msgspec.Meta(min_length=1, max_length=100_000)]
 
@@ -48,16 +49,6 @@ KNOWN_TYPES = frozenset({"hello", "watch", "unwatch", "ping"})
 class _Envelope(msgspec.Struct):
     type: str | None = None
     id: RequestId = None
-
-
-class BadMessage(Exception):
-    """A client frame that is not a valid message; ``code`` is the SPEC error code."""
-
-    def __init__(self, code: str, message: str, request_id: RequestId = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
 
 
 _decoder = msgspec.json.Decoder(ClientMessage)

@@ -7,7 +7,8 @@ import time
 import jwt
 import msgspec
 
-from gateway.errors import GatewayError
+from gateway.errors import TokenError as TokenError
+from gateway.types import USER_ID
 
 ALGORITHMS = ["HS256"]  # anything else, ``none`` included, is refused
 MAX_WATCH_CLAIM = 100_000
@@ -15,10 +16,6 @@ LEEWAY_S = 5
 """Clock skew forgiven on ``exp``, ``nbf`` and ``iat``: an app backend whose clock runs a
 second or two ahead must not issue tokens that bounce (and clients that reconnect in a loop)."""
 MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z; beyond it a time claim is nonsense
-
-
-class TokenError(GatewayError):
-    """The token is missing, malformed, expired, or not signed by this app."""
 
 
 class Claims(msgspec.Struct, frozen=True):
@@ -77,7 +74,7 @@ def verify(token: str, secret: str, app_id: str) -> Claims:
     _numeric_date(claims, "nbf")
     _numeric_date(claims, "iat")
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not 0 < len(sub) <= 256:
+    if not isinstance(sub, str) or not USER_ID.match(sub):
         raise TokenError("invalid token: sub must be a user id")
     app = claims.get("app")
     if app is not None and app != app_id:

@@ -17,17 +17,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.backends.base import PresenceStore
-from gateway.errors import StoreUnavailable
+from gateway.errors import BodyTooLarge as BodyTooLarge
+from gateway.errors import StoreUnavailable, WebhookRejected
 from gateway.metrics import Metrics
 from gateway.model import PresenceEvent
 from gateway.providers.base import (
     Provider,
     Reply,
-    WebhookRejected,
     WebhookRequest,
     parse_query,
 )
 from gateway.reconcile import rules
+from gateway.types import clock_ms
 
 if TYPE_CHECKING:
     from gateway.reconcile.scheduler import Reconciler
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
-
-
-class BodyTooLarge(Exception):
-    """The request body is over ``MAX_BODY``."""
 
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
@@ -183,7 +180,7 @@ async def handle(
             headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
             body=body,
             client_ip=client[0] if client else None,
-            now_ms=time.time_ns() // 1_000_000,
+            now_ms=clock_ms(),
         )
         try:
             parsed = provider.handle(req)

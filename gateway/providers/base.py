@@ -19,10 +19,11 @@ from urllib.parse import unquote
 import msgspec
 
 from gateway.backends.base import PresenceSettings
-from gateway.errors import GatewayError
+from gateway.errors import WebhookRejected as WebhookRejected
 from gateway.model import PresenceEvent
+from gateway.types import MAX_USER_ID
 
-MAX_ID_LENGTH = 256
+MAX_ID_LENGTH = MAX_USER_ID
 """Longest user id or device key accepted (characters)."""
 
 MAX_MS = 2**53 - 1
@@ -76,15 +77,6 @@ class WebhookRequest:
     body: bytes
     client_ip: str | None
     now_ms: int
-
-
-class WebhookRejected(GatewayError):
-    """The request is refused; ``reason`` is short and safe to send back."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
-        super().__init__(f"{status} {reason}")
 
 
 @dataclass
