@@ -15,7 +15,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -29,11 +29,20 @@ HARD_LIMIT_S = 600  # whatever happens, a run ends (and cleans up) by then
 ALL = ["latency", "fanout", "conns"]  # what ``python -m bench all`` runs
 
 
+def _summary(scenario: Callable[..., object]) -> str:
+    """The first line of a scenario's docstring."""
+    return (scenario.__doc__ or "").strip().splitlines()[0] if scenario.__doc__ else ""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Presence gateway benchmark: starts Redis, the server(s) and a "
         "multi-process load generator on loopback; prints a table and one JSON line.",
+        epilog="scenarios:\n"
+        + "\n".join(f"  {name:<13} {_summary(fn)}" for name, fn in SCENARIOS.items())
+        + f"\n  {'all':<13} {', '.join(ALL)} for the target and every peer (or those of --vs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "scenario",
@@ -66,12 +75,20 @@ def _parser() -> argparse.ArgumentParser:
         "--duration",
         type=float,
         help="seconds: ingest per provider, latency/cluster sending, conns idle "
-        "hold, fanout total step budget",
+        "hold, fanout total step budget, heal sending, webhooks-out the latency phase",
     )
-    p.add_argument("--users", type=int, help="distinct users events go to")
+    p.add_argument(
+        "--users",
+        type=int,
+        help="distinct users events go to (webhooks-out: logins queued for the throughput)",
+    )
     p.add_argument("--conns", type=int, help="WebSocket connections")
     p.add_argument("--watch", type=int, help="users watched per connection")
-    p.add_argument("--rate", type=float, help="events/s (fanout: the first step)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="events/s (fanout: the first step; heal: webhooks/s; webhooks-out: logins/s)",
+    )
     p.add_argument("--rates", help="fanout: explicit comma-separated events/s steps")
     p.add_argument("--step-seconds", type=float, default=8.0, help="fanout step length")
     p.add_argument(

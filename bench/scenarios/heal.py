@@ -16,7 +16,7 @@ last webhook it goes on until the ``heal`` set shows 0 wrong twice in a row or
 ``HEAL_LIMIT_S``.
 
 Without the reconcile tables wired into the config (the scheduler), only ``noheal`` runs and
-the output says so.
+the output says so. The apps and their config: ``bench/heal_target.py``.
 """
 
 from __future__ import annotations
@@ -26,131 +26,36 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from bench.procs import LOOPBACK, BenchError, Redis
-from bench.runner import Bench, Window
-from bench.scenarios import Result, _window_rows
-from bench.target import (
-    API_KEY,
-    CALLBACK_TOKEN,
-    CLIENT_SECRET,
-    MAX_EVENT_AGE_S,
-    RC_APP_KEY,
-    RC_APP_SECRET,
-    SDKAPPID,
-    Target,
+from bench.heal_target import (
+    HEAL,
+    INTERVAL_S,
+    NOHEAL,
+    HealTarget,
+    app_id,
+    reconcile_wired,
+    sim_target,
 )
-from gateway.config import parse as parse_config
-from gateway.errors import ConfigError
+from bench.procs import LOOPBACK, BenchError
+from bench.runner import Bench, Window
+from bench.scenarios.common import Result, window_rows
+from bench.target import API_KEY, CLIENT_SECRET, Target
 from gateway.simulate.behaviour import Simulation
 from gateway.simulate.delivery import Dropper, clock_ms, user_ids
 from gateway.simulate.heal import PULL_PROVIDERS, Comparison, compare, pull_calls, serve_model
-from gateway.simulate.requests import Target as SimTarget
 from gateway.simulate.requests import build
 from gateway.tokens import issue
 
-HEAL, NOHEAL = "heal", "noheal"
-OPENIM_TOKEN = "bench-openim-path-token"
 DROP = 0.05
-INTERVAL_S = 10.0
-RATES = {"tencent": 100, "rongcloud": 100, "openim": 50}  # RongCloud's limit is 100/s
 HEAL_LIMIT_S = 60.0  # after the last webhook
 SAMPLE_S = 1.0
 PRINT_EVERY_S = 5.0
 IN_FLIGHT = 8  # webhook requests at once (each delivery goes to both apps)
 PING_S = 10.0
-
-
-class HealTarget(Target):
-    """The gateway with a ``heal-<p>`` app reconciling with ``pull_url`` and a ``noheal-<p>``
-    app per provider ``p`` (``noheal`` ones only when ``reconcile`` is off)."""
-
-    def __init__(self, pull_url: str, reconcile: bool, log_level: str = "warning") -> None:
-        super().__init__(log_level=log_level, max_watch=1000)
-        self.pull_url = pull_url
-        self.reconcile = reconcile
-
-    def kinds(self) -> list[str]:
-        return [HEAL, NOHEAL] if self.reconcile else [NOHEAL]
-
-    def config(self, redis: Redis | None) -> str:
-        lines = [
-            "[presence]",
-            f"session_retention_s = {MAX_EVENT_AGE_S}",
-            f"max_event_age_s = {MAX_EVENT_AGE_S}",
-            "",
-        ]
-        if redis is not None:
-            lines += ["[redis]", f'url = "{redis.url}"', f"cluster = {str(redis.cluster).lower()}"]
-        for kind in self.kinds():
-            for provider in PULL_PROVIDERS:
-                url = self.pull_url if kind == HEAL else None
-                lines += app_table(app_id(kind, provider), provider, url)
-        return "\n".join(lines) + "\n"
-
-
-def app_id(kind: str, provider: str) -> str:
-    return f"{kind}-{provider}"
-
-
-def app_table(app: str, provider: str, pull_url: str | None) -> list[str]:
-    """One ``[[apps]]`` entry with one provider; its reconcile table when given a URL."""
-    creds = SimTarget()
-    lines = [
-        "",
-        "[[apps]]",
-        f'id = "{app}"',
-        f'client_secret = "{CLIENT_SECRET}-{app}"',
-        f'api_key = "{API_KEY}"',
-        "max_watch = 1000",
-        f"[apps.{provider}]",
-    ]
-    lines += {
-        "tencent": [f"sdkappid = {SDKAPPID}", f'callback_token = "{CALLBACK_TOKEN}"'],
-        "rongcloud": [f'app_key = "{RC_APP_KEY}"', f'app_secret = "{RC_APP_SECRET}"'],
-        "openim": [f'token = "{OPENIM_TOKEN}"'],
-    }[provider]
-    if pull_url is None:
-        return lines
-    lines += [f"[apps.{provider}.reconcile]", f'api_base = "{pull_url}"']
-    lines += {
-        "tencent": [
-            f'admin = "{creds.tencent_admin}"',
-            f'secret_key = "{creds.tencent_secret_key}"',
-        ],
-        "rongcloud": [],
-        "openim": [
-            f'admin_user = "{creds.openim_admin_user}"',
-            f'secret = "{creds.openim_secret}"',
-        ],
-    }[provider]
-    return [*lines, f"interval_s = {INTERVAL_S}", f"rate = {RATES[provider]}"]
-
-
-def reconcile_wired() -> str | None:
-    """None when the config takes reconcile tables, else why not (the scheduler's part)."""
-    text = HealTarget("http://127.0.0.1:9", reconcile=True).config(None)
-    try:
-        parse_config(text, "<bench heal>", env={})
-    except ConfigError as exc:
-        return str(exc)
-    return None
-
-
-def sim_target(app: str) -> SimTarget:
-    return replace(
-        SimTarget(),
-        app=app,
-        tencent_sdkappid=SDKAPPID,
-        tencent_token=CALLBACK_TOKEN,
-        rongcloud_app_key=RC_APP_KEY,
-        rongcloud_app_secret=RC_APP_SECRET,
-        openim_token=OPENIM_TOKEN,
-    )
 
 
 def merged(parts: list[Comparison]) -> Comparison:
@@ -376,7 +281,7 @@ async def _drive(
 
 
 def heal(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
-    """The scenario (gateway only)."""
+    """Dropped webhooks, and the share shown wrongly with and without reconciliation."""
     if target.name != "gateway":
         raise BenchError("the heal scenario runs the gateway only (no --vs / --target)")
     why_not = reconcile_wired()
@@ -462,7 +367,7 @@ def _result(
         off = " / ".join(str(end.wrong[k].platforms_off) for k in end.wrong)
         res.row(f"online on other platforms ({' / '.join(end.wrong)})", off)
     res.row("watcher connections closed by the server", run.closed)
-    _window_rows(res, win, ["gateway"])
+    window_rows(res, win, ["gateway"])
     res.data = {
         "users": args.users,
         "rate": args.rate,
