@@ -9,19 +9,17 @@ import contextlib
 import signal
 import threading
 
-import httpx
-
 from gateway.simulate.behaviour import Simulation
 from gateway.simulate.delivery import PROVIDER_NAMES, Delivery, user_ids
 from gateway.simulate.requests import Target
 from gateway.simulate.sender import (
     Options,
     Result,
-    _stderr,
-    _stopped,
     format_dropped,
     format_result,
     run,
+    stopped,
+    to_stderr,
 )
 
 
@@ -70,25 +68,9 @@ def _target(args: argparse.Namespace) -> Target:
     )
 
 
-async def _checks(
-    url: str, app: str, api_key: str, sim: Simulation, every_s: float, stop: asyncio.Event
-) -> None:
-    """Print the gateway against the model every ``every_s`` until ``stop`` (cancelled)."""
-    from gateway.simulate.heal import CheckFailed, compare
-
-    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
-        while True:
-            try:
-                print((await compare(client, app, api_key, sim.expected())).line(), flush=True)
-            except CheckFailed as exc:
-                _stderr(f"check failed: {exc}")
-            if await _stopped(stop, every_s):
-                return
-
-
 async def command(args: argparse.Namespace, stop: asyncio.Event) -> int:
     """``simulate`` once its arguments are valid, until done or ``stop`` (no signals here)."""
-    from gateway.simulate.heal import config_hint, pull_calls, serve_model, watch_all
+    from gateway.simulate.heal import check_every, config_hint, pull_calls, serve_model, watch_all
 
     providers = PROVIDER_NAMES if args.provider == "mixed" else (args.provider,)
     sim = Simulation(user_ids(args.users), providers, args.seed)
@@ -106,13 +88,13 @@ async def command(args: argparse.Namespace, stop: asyncio.Event) -> int:
     limits += [f"{args.count} webhooks"] if args.count else []
     how_long = "for " + " or ".join(limits) if limits else "until Ctrl-C"
     dropping = f", dropping {100 * args.drop:g} % of them" if args.drop else ""
-    _stderr(
+    to_stderr(
         f"simulating {args.users} users ({', '.join(providers)}) at {args.rate:g} webhooks/s "
         f"{how_long}{dropping} -> {url}, app {args.app}"
     )
     if len(providers) > args.users:
         left_out = ", ".join(providers[args.users :])
-        _stderr(f"note: one provider per user, so no users for {left_out}; try --users 7")
+        to_stderr(f"note: one provider per user, so no users for {left_out}; try --users 7")
 
     def show(result: Result) -> None:
         if not args.quiet or not 200 <= result.status < 300:
@@ -131,23 +113,25 @@ async def command(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 )
             except OSError as exc:
                 where = f"127.0.0.1:{args.serve_pull_api}"
-                _stderr(f"simulate: cannot serve the pull APIs on {where}: {exc.strerror}")
+                to_stderr(f"simulate: cannot serve the pull APIs on {where}: {exc.strerror}")
                 return 2
             for line in config_hint(server.url):
-                _stderr(line)
+                to_stderr(line)
             if len(providers) > 1:
-                _stderr(
+                to_stderr(
                     "note: reconcile one IM provider per app (a check counts every device of "
                     "a user as its provider's, gateway/reconcile/rules.py): try --provider tencent"
                 )
         check_stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             if args.watch_all:
-                watching = watch_all(url, args.app, user_ids(args.users), check_stop, _stderr)
+                watching = watch_all(url, args.app, user_ids(args.users), check_stop, to_stderr)
                 group.create_task(watching)
             checker = None
             if args.check_every is not None:
-                checks = _checks(url, args.app, args.api_key, sim, args.check_every, check_stop)
+                checks = check_every(
+                    url, args.app, args.api_key, sim, args.check_every, check_stop, to_stderr
+                )
                 checker = group.create_task(checks)
             summary = await run(
                 sim, target, url, options, stop=stop, on_result=show, on_drop=dropped
@@ -155,11 +139,11 @@ async def command(args: argparse.Namespace, stop: asyncio.Event) -> int:
             if (server or checker) and not stop.is_set():
                 what = "serving the pull APIs" if server else "checking"
                 until = f"for {args.linger:g} s" if args.linger is not None else "until Ctrl-C"
-                _stderr(f"all webhooks sent; still {what} {until}")
+                to_stderr(f"all webhooks sent; still {what} {until}")
                 if args.linger is None:
                     await stop.wait()
                 else:
-                    await _stopped(stop, args.linger)
+                    await stopped(stop, args.linger)
             check_stop.set()
         print(summary.line(), flush=True)
         if server is not None:
@@ -177,7 +161,7 @@ async def _main(args: argparse.Namespace) -> int:
     handled: list[signal.Signals] = []
 
     def interrupted() -> None:
-        _stderr("stopping (sending the late webhooks still held); Ctrl-C again to quit now")
+        to_stderr("stopping (sending the late webhooks still held); Ctrl-C again to quit now")
         stop.set()
         for sig in handled:  # a second Ctrl-C raises KeyboardInterrupt
             loop.remove_signal_handler(sig)
@@ -197,10 +181,10 @@ async def _main(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     """``presence-gateway simulate``: 0 when every webhook got a 2xx answer, else 1 (2: usage)."""
     if problem := _problem(args):
-        _stderr(f"simulate: {problem}")
+        to_stderr(f"simulate: {problem}")
         return 2
     try:
         return asyncio.run(_main(args))
     except KeyboardInterrupt:
-        _stderr("simulate: interrupted")
+        to_stderr("simulate: interrupted")
         return 130

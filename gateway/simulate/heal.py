@@ -31,6 +31,7 @@ from gateway.simulate.pullapi.server import FakeServer
 from gateway.simulate.pullapi.server import serve as serve_fakes
 from gateway.simulate.pullapi.tencent import FakeTencent
 from gateway.simulate.requests import Target
+from gateway.simulate.sender import stopped
 
 PULL_PROVIDERS = ("tencent", "rongcloud", "openim")  # those with a pull API (SPEC 8)
 QUERY_BATCH = 500  # users per GET /presence (the API takes 1000; shorter URLs)
@@ -155,6 +156,27 @@ async def compare(
         elif online and sorted({d.get("platform") for d in state.get("devices", ())}) != platforms:
             off += 1
     return Comparison(len(users), tuple(ghosts), tuple(missing), off)
+
+
+async def check_every(
+    url: str,
+    app: str,
+    api_key: str,
+    sim: Simulation,
+    every_s: float,
+    stop: asyncio.Event,
+    warn: Callable[[str], None],
+) -> None:
+    """Print the gateway against the model every ``every_s`` until ``stop`` (cancelled); a
+    check that fails is reported through ``warn``."""
+    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+        while True:
+            try:
+                print((await compare(client, app, api_key, sim.expected())).line(), flush=True)
+            except CheckFailed as exc:
+                warn(f"check failed: {exc}")
+            if await stopped(stop, every_s):
+                return
 
 
 async def watch_all(

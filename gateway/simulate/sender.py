@@ -1,8 +1,8 @@
 """Posting the simulator's webhooks: the rate, the concurrency, backoff through outages.
 
-The only module of the simulator that sends HTTP (``httpx``): each ``Delivery`` is signed
-afresh per try (``gateway.simulate.requests.build``) and posted at a steady rate, riding
-out a gateway that is down.
+The only module of the simulator that posts webhooks (``heal`` asks the query API too): each
+``Delivery`` is signed afresh per try (``gateway.simulate.requests.build``) and posted at a
+steady rate, up to ``Options.concurrency`` at once, riding out a gateway that is down.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class _Sender:
                 if last_try:
                     self.summary.undelivered += 1
                     return
-                await _stopped(self.stop, wait)
+                await stopped(self.stop, wait)
                 continue
             self._came_back()
             status = response.status_code
@@ -177,7 +177,7 @@ class _Sender:
             if failures >= self.options.max_5xx_tries:
                 self.summary.undelivered += 1
                 return
-            await _stopped(self.stop, self._backoff(failures))
+            await stopped(self.stop, self._backoff(failures))
 
     def _backoff(self, failures: int) -> float:
         base = min(self.options.backoff_max_s, self.options.backoff_s * 2.0 ** (failures - 1))
@@ -201,7 +201,7 @@ class _Sender:
             self.warn(f"gateway reachable again after {down:.1f} s")
 
 
-async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+async def stopped(stop: asyncio.Event, seconds: float) -> bool:
     """Wait ``seconds`` unless ``stop`` is set first; whether it was."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
@@ -209,7 +209,7 @@ async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-def _stderr(text: str) -> None:
+def to_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
@@ -222,7 +222,7 @@ async def run(
     stop: asyncio.Event | None = None,
     on_result: Callable[[Result], None] | None = None,
     on_drop: Callable[[Delivery], None] | None = None,
-    warn: Callable[[str], None] = _stderr,
+    warn: Callable[[str], None] = to_stderr,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Summary:
     """Send ``sim``'s webhooks to the gateway at ``url`` until the duration, count or ``stop``.
@@ -296,7 +296,7 @@ async def _produce(
             break
         if next_at > now:
             until = next_at if deadline is None else min(next_at, deadline)
-            await _stopped(stop, until - now)
+            await stopped(stop, until - now)
             continue
         if not pending:
             pending.extend(sim.step(clock_ms()))
