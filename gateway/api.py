@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import re
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Mapping
+from typing import Annotated
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -17,22 +17,23 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from gateway import tokens
-from gateway.backends.memory import clock_ms
-from gateway.errors import StoreUnavailable
+from gateway.backends.base import PresenceStore
+from gateway.config import AppConfig
+from gateway.errors import BadQuery as BadQuery
+from gateway.errors import BodyTooLarge, StoreUnavailable
+from gateway.metrics import Metrics
 from gateway.model import MAX_CUSTOM_BYTES, UserState, custom_event, custom_too_long
-from gateway.webhooks import BodyTooLarge, read_body
+from gateway.reconcile.scheduler import Reconciler
+from gateway.types import MAX_QUERY_USERS as MAX_QUERY_USERS
+from gateway.types import MAX_USER_ID, UserId, clock_ms
+from gateway.types import USER_ID as USER_ID
+from gateway.webhooks import read_body
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
-MAX_QUERY_USERS = 1000
+USER_ID_MAX = MAX_USER_ID  # the name sse.py and openapi.py import
 MAX_QUERY_FIELDS = 2 * MAX_QUERY_USERS  # parameters of any name, repeats included
-USER_ID_MAX = 256
-USER_ID = re.compile(r"\A.{1,256}\Z", re.DOTALL)
 MAX_API_KEY = 4096  # a longer Authorization header is refused before any comparison
 _encoder = msgspec.json.Encoder()
-
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=USER_ID_MAX)]
+Apps = Mapping[str, AppConfig]
 
 
 class PresenceReply(msgspec.Struct):
@@ -59,10 +60,6 @@ def json_response(body: msgspec.Struct, status: int = 200) -> Response:
 
 def error(status: int, reason: str) -> Response:
     return json_response(ErrorReply(reason), status)
-
-
-class BadQuery(Exception):
-    """The query string cannot be read; the message is the 400 reason."""
 
 
 def query_values(request: Request, name: str) -> list[str]:
@@ -99,9 +96,9 @@ def _bearer_ok(request: Request, api_key: str) -> bool:
     )
 
 
-async def presence(request: Request, gw: Gateway) -> Response:
+async def presence(request: Request, *, apps: Apps, store: PresenceStore) -> Response:
     """GET /v1/apps/{app}/presence?user=…: the current state of up to 1000 users."""
-    app = gw.settings.apps.get(request.path_params["app"])
+    app = apps.get(request.path_params["app"])
     if app is None:
         return error(404, "unknown app")
     if not _bearer_ok(request, app.api_key):
@@ -118,7 +115,7 @@ async def presence(request: Request, gw: Gateway) -> Response:
         return error(400, f"user ids are 1 to {USER_ID_MAX} characters")
     users = list(dict.fromkeys(given))
     try:
-        states = await gw.store.get(app.id, users)
+        states = await store.get(app.id, users)
     except StoreUnavailable:
         return error(503, "store unavailable")
     return json_response(PresenceReply(states))
@@ -137,10 +134,10 @@ class CustomRequest(msgspec.Struct, forbid_unknown_fields=True):
 _custom_decoder = msgspec.json.Decoder(CustomRequest)
 
 
-async def set_custom(request: Request, gw: Gateway) -> Response:
+async def set_custom(request: Request, *, apps: Apps, store: PresenceStore) -> Response:
     """PUT /v1/apps/{app}/users/{user}/custom: set (or clear) the user's custom status at the
     gateway's clock; 200 with the user's new state (SPEC 6)."""
-    app = gw.settings.apps.get(request.path_params["app"])
+    app = apps.get(request.path_params["app"])
     if app is None:
         return error(404, "unknown app")
     if not _bearer_ok(request, app.api_key):
@@ -160,16 +157,16 @@ async def set_custom(request: Request, gw: Gateway) -> Response:
         return error(400, f"custom is over {MAX_CUSTOM_BYTES} bytes (UTF-8)")
     now = clock_ms()
     try:
-        result = await gw.store.apply(app.id, [custom_event(user, text, now)], now_ms=now)
-        states = result.published or await gw.store.get(app.id, [user])
+        result = await store.apply(app.id, [custom_event(user, text, now)], now_ms=now)
+        states = result.published or await store.get(app.id, [user])
     except StoreUnavailable:
         return error(503, "store unavailable")
     return json_response(states[0])
 
 
-async def dev_token(request: Request, gw: Gateway) -> Response:
+async def dev_token(request: Request, *, apps: Apps) -> Response:
     """GET /v1/apps/{app}/dev-token?user=ID: a client token, only where dev_tokens is on."""
-    app = gw.settings.apps.get(request.path_params["app"])
+    app = apps.get(request.path_params["app"])
     if app is None or not app.dev_tokens:
         return error(404, "not found")
     try:
@@ -181,23 +178,23 @@ async def dev_token(request: Request, gw: Gateway) -> Response:
     return json_response(TokenReply(tokens.issue(app.client_secret, app.id, users[0])))
 
 
-async def healthz(request: Request, gw: Gateway) -> Response:
+async def healthz(request: Request) -> Response:
     """200 while the process runs."""
     return PlainTextResponse("ok")
 
 
-async def readyz(request: Request, gw: Gateway) -> Response:
+async def readyz(request: Request, *, store: PresenceStore) -> Response:
     """200 only while the backend answers."""
     try:
-        await asyncio.wait_for(gw.store.ping(), timeout=2.0)
+        await asyncio.wait_for(store.ping(), timeout=2.0)
     except (StoreUnavailable, TimeoutError):
         return PlainTextResponse("store unavailable", status_code=503)
     return PlainTextResponse("ready")
 
 
-async def metrics(request: Request, gw: Gateway) -> Response:
+async def metrics(request: Request, *, metrics: Metrics) -> Response:
     """Prometheus text exposition."""
-    return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 MAX_RECONCILE_BODY = 512 * 1024  # 1000 ids of 256 characters, JSON-escaped, fit well below
@@ -235,17 +232,17 @@ class ReconcileStatus(msgspec.Struct):
 _reconcile_decoder = msgspec.json.Decoder(ReconcileRequest)
 
 
-async def reconcile(request: Request, gw: Gateway) -> Response:
+async def reconcile(request: Request, *, apps: Apps, reconciler: Reconciler) -> Response:
     """POST: queue checks (202); GET: the last pass per provider (SPEC 6, 8)."""
-    app = gw.settings.apps.get(request.path_params["app"])
+    app = apps.get(request.path_params["app"])
     if app is None:
         return error(404, "unknown app")
     if not _bearer_ok(request, app.api_key):
         return error(401, "missing or wrong api key")
-    reconciled = [w for w in gw.reconciler.by_app(app.id) if w.target.make_client is not None]
+    reconciled = [w for w in reconciler.by_app(app.id) if w.target.make_client is not None]
     try:
         if request.method == "GET":
-            found = await gw.reconciler.status(app.id)
+            found = await reconciler.status(app.id)
             return json_response(
                 ReconcileStatus(
                     {
@@ -267,7 +264,7 @@ async def reconcile(request: Request, gw: Gateway) -> Response:
             users = None if given is None else list(dict.fromkeys(given))
         if not reconciled:
             return error(409, "no provider of this app has a reconcile table")
-        queued = await gw.reconciler.queue(app.id, users)
+        queued = await reconciler.queue(app.id, users)
     except StoreUnavailable:
         return error(503, "store unavailable")
     return json_response(ReconcileQueued(queued), 202)

@@ -16,24 +16,22 @@ an offline); ``custom`` (Tencent and Standard only) sets the ``custom`` text (""
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 from urllib.parse import quote, urlencode
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.api import UserId, error, json_response
+from gateway.api import Apps, error, json_response
+from gateway.errors import BodyTooLarge, WebhookRejected
 from gateway.model import PLATFORMS, PresenceEvent, custom_event
 from gateway.providers import easemob, netease, openim, rongcloud, standard, tencent, wukongim
-from gateway.providers.base import ProviderConfig, WebhookRejected, WebhookRequest, event
-from gateway.webhooks import BodyTooLarge, read_body
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.providers.base import ProviderConfig, WebhookRequest, event
+from gateway.types import UserId, clock_ms
+from gateway.webhooks import read_body
 
 MAX_BODY = 4096
 
@@ -125,11 +123,11 @@ CUSTOM = frozenset({"tencent", "standard"})  # the providers that carry a custom
 _decoder = msgspec.json.Decoder(DevWebhook)
 
 
-async def webhook(request: Request, gw: Gateway) -> Response:
+async def webhook(request: Request, *, apps: Apps, dev_mode: bool) -> Response:
     """POST /v1/apps/{app}/dev-webhook/{provider}: the signed webhook, in dev mode only."""
-    app = gw.settings.apps.get(request.path_params["app"])
+    app = apps.get(request.path_params["app"])
     name = request.path_params["provider"]
-    table = app.providers().get(name) if app is not None and gw.settings.dev_mode else None
+    table = app.providers().get(name) if app is not None and dev_mode else None
     if table is None or name not in BUILDERS:
         return error(404, "not found")
     try:
@@ -145,7 +143,7 @@ async def webhook(request: Request, gw: Gateway) -> Response:
         return error(400, f"platform must be one of {', '.join(sorted(platforms))}")
     if asked.status == "custom" and name not in CUSTOM:
         return error(400, f"custom status: only {', '.join(sorted(CUSTOM))}")
-    now = time.time_ns() // 1_000_000
+    now = clock_ms()
     online = asked.status == "online"
     reason = "" if online else asked.status
     try:

@@ -14,7 +14,6 @@ import msgspec
 import pytest
 
 from gateway.backends.base import PresenceSettings, PresenceStore
-from gateway.backends.memory import clock_ms
 from gateway.config import AppConfig
 from gateway.model import (
     MAX_CUSTOM_BYTES,
@@ -27,6 +26,7 @@ from gateway.model import (
     state_decoder,
 )
 from gateway.providers.tencent import build_request as build_tencent
+from gateway.types import clock_ms
 from tests.conftest import BACKENDS, Backend, backend_url
 from tests.live import LiveGateway, serve
 from tests.sendhook import post

@@ -30,8 +30,9 @@ from schemathesis.specs.openapi.checks import (
 from starlette.routing import Route
 
 from gateway.app import create_app
-from gateway.config import APP_ID_PATTERN, Settings, dev_settings
+from gateway.config import Settings, dev_settings
 from gateway.openapi import document
+from gateway.types import APP_ID_PATTERN
 from tests.live import LiveGateway, serve
 
 APP_ID = "schema"
