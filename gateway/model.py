@@ -53,7 +53,7 @@ order; "" the smallest, so a clear loses a tie to a text). A max is commutative,
 and idempotent, so any order of the same events ends in the same custom. Device events never
 touch it; it lives as long as the user's state does (the user's last-seen retention).
 
-The Redis backend runs the same rules in Lua (``backends/lua/apply.lua``); the store contract
+The Redis backend runs the same rules in Lua (``backends/redis/lua/apply.lua``); the store contract
 and property tests check that both agree.
 """
 

@@ -13,7 +13,8 @@ from redis.asyncio import Redis, RedisCluster
 
 from gateway.backends.base import PresenceSettings, PresenceStore
 from gateway.backends.memory import MemoryBroker, MemoryStore
-from gateway.backends.redis import RedisStore, user_channel
+from gateway.backends.redis.keys import user_channel
+from gateway.backends.redis.store import RedisStore
 from tests.servers import ClusterServers, RedisServer, running
 
 

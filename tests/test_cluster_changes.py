@@ -16,7 +16,9 @@ import pytest
 from redis.crc import key_slot
 
 from gateway.backends.base import PresenceSettings
-from gateway.backends.redis import APPLY, RedisBroker, RedisStore
+from gateway.backends.redis.broker import RedisBroker
+from gateway.backends.redis.scripts import APPLY
+from gateway.backends.redis.store import RedisStore
 from gateway.errors import StoreUnavailable
 from gateway.model import PresenceEvent, state_decoder
 from tests.clusters import Cluster

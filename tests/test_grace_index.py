@@ -15,8 +15,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.backends.base import PresenceSettings
-from gateway.backends.redis import (
-    RedisStore,
+from gateway.backends.redis.keys import (
     grace_index,
     hint_key,
     slot_index,
@@ -25,6 +24,7 @@ from gateway.backends.redis import (
     user_key,
     user_tag,
 )
+from gateway.backends.redis.store import RedisStore
 from gateway.errors import StoreUnavailable
 from gateway.model import PresenceEvent, UserState
 

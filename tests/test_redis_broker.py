@@ -15,7 +15,9 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from gateway.backends.base import PresenceSettings
-from gateway.backends.redis import RedisBroker, RedisStore, user_channel
+from gateway.backends.redis.broker import RedisBroker
+from gateway.backends.redis.keys import user_channel
+from gateway.backends.redis.store import RedisStore
 from gateway.errors import StoreUnavailable
 from gateway.model import PresenceEvent, state_decoder, state_encoder
 from tests.clusters import Cluster

@@ -16,16 +16,11 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from gateway.backends.base import PresenceSettings
-from gateway.backends.redis import (
-    MAX_USERS_PER_CALL,
-    RedisStore,
-    decode_record,
-    encode_record,
-    parse_channel,
-    user_channel,
-    user_key,
-)
-from gateway.backends.redis.wire import command
+from gateway.backends.redis.calls import MAX_USERS_PER_CALL
+from gateway.backends.redis.codec import decode_record, encode_record
+from gateway.backends.redis.keys import parse_channel, user_channel, user_key
+from gateway.backends.redis.lane import command
+from gateway.backends.redis.store import RedisStore
 from gateway.errors import StoreUnavailable
 from gateway.model import DeviceRecord, DeviceView, PresenceEvent, UserState, state_encoder
 from tests.servers import RedisServer, free_port

@@ -11,7 +11,8 @@ from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.backends.redis.wire import Wire, command, redact, safe_url
+from gateway.backends.redis.lane import command
+from gateway.backends.redis.wire import Wire, redact, safe_url
 from tests.servers import RedisServer, free_port
 
 # A call that keeps Redis busy for ARGV[1] microseconds (Redis runs one script at a time).

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.backends.base import PresenceStore
 from gateway.backends.claims import Claims
-from gateway.backends.redis import RedisStore
+from gateway.backends.redis.store import RedisStore
 from gateway.config import AppConfig, RedisConfig, Settings, dev_settings
 from gateway.errors import StoreUnavailable
 from gateway.providers import rongcloud

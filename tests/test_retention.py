@@ -11,7 +11,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from gateway.backends.base import PresenceSettings, PresenceStore
 from gateway.backends.memory import MemoryStore, clock_ms
-from gateway.backends.redis import user_key
+from gateway.backends.redis.keys import user_key
 from gateway.model import PresenceEvent, UserState
 from tests.conftest import Backend
 

@@ -9,7 +9,7 @@ import msgspec
 from redis.crc import key_slot
 
 from gateway.backends.base import PresenceSettings, PresenceStore
-from gateway.backends.redis import user_key
+from gateway.backends.redis.keys import user_key
 from gateway.model import DeviceView, PresenceEvent, UserState, state_decoder, state_encoder
 from tests.conftest import Backend
 
@@ -460,6 +460,22 @@ async def test_reconnect_inside_grace_publishes_nothing(backend: Backend) -> Non
     assert await store.sweep(now_ms=NOW + 10 * GRACE) == 0
     assert await store.get(app, ["bob"]) == [online]
     # The next real change is the next message: nothing was published in between.
+    later = await store.apply(app, [on("bob", "d3", "web", NOW + 30)], now_ms=NOW + 30)
+    assert state_decoder.decode(await inbox.next()) == later.published[0]
+
+
+async def test_same_device_back_inside_grace_publishes_nothing(backend: Backend) -> None:
+    """A device back within the grace cancels the offline: no publish now or later."""
+    store, app = await backend.store(WITH_GRACE), new_app()
+    inbox = await backend.listen(store, app, "bob")
+    await store.apply(app, [on("bob", "d1", "ios", NOW)], now_ms=NOW)
+    await inbox.next()
+    await store.apply(app, [off("bob", "d1", "ios", NOW + 10)], now_ms=NOW + 10)
+    await store.apply(app, [on("bob", "d1", "ios", NOW + 20)], now_ms=NOW + 20)
+    assert await store.sweep(now_ms=NOW + 10 * GRACE) == 0
+    (bob,) = await store.get(app, ["bob"])
+    assert bob.status == "online"
+    # Nothing was published since the online: the next message is the next real change.
     later = await store.apply(app, [on("bob", "d3", "web", NOW + 30)], now_ms=NOW + 30)
     assert state_decoder.decode(await inbox.next()) == later.published[0]
 

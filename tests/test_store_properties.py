@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from gateway.backends.base import ApplyResult, PresenceSettings, PresenceStore
 from gateway.backends.memory import MemoryStore
-from gateway.backends.redis import RedisStore
+from gateway.backends.redis.store import RedisStore
 from gateway.model import (
     MAX_MARKS,
     CustomRecord,

@@ -19,7 +19,8 @@ def open_backend(settings: Settings) -> tuple[PresenceStore, Broker]:
     if settings.redis is None:
         broker = MemoryBroker()
         return MemoryStore(settings.presence, broker), broker
-    from gateway.backends.redis import RedisBroker, RedisStore
+    from gateway.backends.redis.broker import RedisBroker
+    from gateway.backends.redis.store import RedisStore
 
     redis_cfg = settings.redis
     store = RedisStore.from_url(

@@ -1,4 +1,4 @@
-"""Redis keys of webhooks out (the rest of the layout: ``gateway/backends/redis.py``).
+"""Redis keys of webhooks out (the rest of the layout: ``gateway/backends/redis/keys.py``).
 
     <prefix>:wh:<app>:{<s>}            stream  one entry per queued change: t (type), s (the
                                                state JSON as published), at (ms); one consumer

@@ -1,39 +1,13 @@
-"""The Redis backend (standalone Redis and Redis Cluster)."""
+"""The Redis backend (standalone Redis and Redis Cluster): ``RedisStore`` and ``RedisBroker``.
+
+One module per role (see ``store``'s doc for the list). The names re-exported here are the ones
+imported from the package by code outside ``gateway/backends``.
+"""
 
 from __future__ import annotations
 
-from gateway.backends.redis.store import (
-    APPLY,
-    MAX_USERS_PER_CALL,
-    RedisBroker,
-    RedisStore,
-    decode_record,
-    encode_record,
-    grace_index,
-    hint_key,
-    parse_channel,
-    slot_index,
-    slot_tag,
-    slot_tags,
-    user_channel,
-    user_key,
-    user_tag,
-)
+from gateway.backends.redis.broker import RedisBroker
+from gateway.backends.redis.keys import parse_channel, slot_index, slot_tag, user_channel
+from gateway.backends.redis.store import RedisStore
 
-__all__ = [
-    "APPLY",
-    "MAX_USERS_PER_CALL",
-    "RedisBroker",
-    "RedisStore",
-    "decode_record",
-    "encode_record",
-    "grace_index",
-    "hint_key",
-    "parse_channel",
-    "slot_index",
-    "slot_tag",
-    "slot_tags",
-    "user_channel",
-    "user_key",
-    "user_tag",
-]
+__all__ = ["RedisBroker", "RedisStore", "parse_channel", "slot_index", "slot_tag", "user_channel"]

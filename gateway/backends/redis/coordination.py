@@ -16,7 +16,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from gateway.backends.redis.wire import Wire, command
+from gateway.backends.redis.calls import unavailable
+from gateway.backends.redis.keys import parse_tag
+from gateway.backends.redis.lane import command
+from gateway.backends.redis.wire import Wire
 
 _LEASE = b"""local h = redis.call('GET', KEYS[1])
 if h == false or h == ARGV[1] then
@@ -35,8 +38,6 @@ def _key(store: RedisCoordination, kind: str, name: str) -> bytes:
 
 
 async def _one(store: RedisCoordination, key: bytes, cmd: bytes, what: str) -> object:
-    from gateway.backends.redis.store import unavailable  # import cycle: redis.py inherits this
-
     with unavailable(what):
         [reply] = await store._run_node(await store._node(key), [cmd])
     return reply
@@ -79,8 +80,6 @@ class RedisCoordination:
         return reply if isinstance(reply, bytes) else None
 
     async def push_work(self, name: str, items: Sequence[str], cap: int) -> int:
-        from gateway.backends.redis.store import unavailable
-
         if not items:
             return 0
         key = _key(self, "w", name)
@@ -105,8 +104,6 @@ class RedisCoordination:
         return [member.decode() for member in flat[::2]]
 
     async def scan_users(self, app: str, batch: int = 1000) -> AsyncIterator[list[str]]:
-        from gateway.backends.redis.store import parse_tag, unavailable
-
         head = f"{self.prefix}:u:{{"
         pattern = (f"{self.prefix}:u:{{{app}/".translate(_GLOB) + "*").encode()
         with unavailable("scan"):
