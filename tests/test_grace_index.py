@@ -189,3 +189,28 @@ async def test_old_single_index_is_drained(
         assert await store.sweep(NOW + 10 * GRACE) == 0
     finally:
         await store.close()
+
+
+async def test_retried_webhook_reindexes_a_lost_grace(redis_url: str) -> None:
+    """If the grace index entry is lost, the provider's retry of the offline restores it."""
+    store = RedisStore.from_url(
+        redis_url,
+        cluster=False,
+        settings=PresenceSettings(offline_grace_ms=1000),
+        prefix=f"t{uuid.uuid4().hex[:12]}",
+    )
+    raw = Redis.from_url(redis_url)
+    try:
+        await store.apply("app", [on("bob", NOW)], NOW)
+        await store.apply("app", [off("bob", NOW + 1)], NOW + 1)
+        assert await raw.zscore(f"{store.prefix}:grace", "app/bob") == NOW + 1001
+        await raw.delete(f"{store.prefix}:grace")  # e.g. the process died before indexing
+        assert await store.sweep(NOW + 5000) == 0
+        retry = await store.apply("app", [off("bob", NOW + 1)], NOW + 2)
+        assert (retry.applied, retry.published) == (0, [])
+        assert await store.sweep(NOW + 5000) == 1
+        assert (await store.get("app", ["bob"]))[0].status == "offline"
+        assert await raw.zcard(f"{store.prefix}:grace") == 0
+    finally:
+        await store.close()
+        await raw.aclose()
