@@ -1,5 +1,8 @@
-"""``RedisBroker``: the feed of published states from Redis sharded pub/sub, one node feed
-(a pub/sub connection and its reader) per node that a wanted channel lives on."""
+"""``RedisBroker``: the feed of published states, from Redis sharded pub/sub (SSUBSCRIBE).
+
+One node feed (a pub/sub connection and the task reading it) per node a wanted channel lives
+on, under one listener that reconnects with backoff and resets; see ``RedisBroker``.
+"""
 
 from __future__ import annotations
 
@@ -111,7 +114,7 @@ class RedisBroker:
         self._task: asyncio.Task[None] | None = None
         self._on_message: MessageHandler | None = None
         self._on_reset: ResetHandler | None = None
-        self.resets = 0  # feed losses recovered from, for tests and metrics
+        self.resets = 0  # feed losses recovered from (tests; the metric is the hub's)
         self._failures = 0  # connection attempts failed in a row
         self._degraded = False  # a loss was logged; the next restore logs once too
 
