@@ -26,11 +26,10 @@ from gateway.providers.rongcloud import RongCloudConfig
 from gateway.providers.standard import StandardConfig
 from gateway.providers.tencent import TencentConfig
 from gateway.providers.wukongim import WuKongIMConfig
-from gateway.types import APP_ID_PATTERN as APP_ID_PATTERN  # the name openapi.py imports
-from gateway.types import AppId
 
 log = logging.getLogger(__name__)
 
+APP_ID_PATTERN = r"\A[A-Za-z0-9_-]{1,64}\Z"  # \Z: "$" would pass a final "\n"
 Secret = Annotated[str, msgspec.Meta(min_length=1)]
 
 
@@ -51,12 +50,51 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     # open connections (HTTP and WebSocket) per process, and per client address
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 50_000
     max_connections_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 1_000
+    # largest webhook or API request body, in bytes (413 past it)
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # WebSocket pong bytes a client leaves unread before it is closed with 4008
+    pong_high_water_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 256 * 1024
+
+
+class ConnectionsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The ``[connections]`` table: how the gateway treats client connections (WebSocket and
+    SSE streams) and its fan-out to them. Per connection unless said otherwise."""
+
+    # seconds a new WebSocket has to send its hello before it is closed with 4001
+    hello_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    # how often clients ping (sent in the welcome) and SSE streams get a ping comment
+    heartbeat_ms: Annotated[int, msgspec.Meta(ge=1000, le=3_600_000)] = 25_000
+    # seconds without a message before a WebSocket client is dropped with 1001
+    # (more than heartbeat_ms; the default allows two missed pings)
+    idle_limit_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 75.0
+    # bytes unsent to a client before it counts as behind: its requests wait, its replies
+    # queue up to this many bytes more, then it is closed with 4008
+    high_water_bytes: Annotated[int, msgspec.Meta(ge=4096, le=64 * 1024 * 1024)] = 256 * 1024
+    # seconds a client may stay behind before it is closed with 4008 (SSE: cut)
+    slow_close_after_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+    # client messages per second, sustained, and in a burst; past them: 4009
+    messages_per_s: Annotated[float, msgspec.Meta(gt=0, le=100_000)] = 20.0
+    message_burst: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 40
+    # users a connection may read from the store at once (at least; max_watch if larger),
+    # and the seconds that allowance takes to refill: a watch past it waits
+    store_read_burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
+    store_read_refill_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    # users per store read (snapshots and resyncs)
+    store_read_chunk: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    # seconds between flushes to clients under load (at once when the node is idle)
+    flush_tick_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.002
+    # seconds the node waits before unsubscribing users nobody watches (batches churn)
+    unsubscribe_delay_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
+    # the reconnect delay SSE clients are told (the stream's "retry:" field)
+    sse_retry_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 2000
+    # seconds a browser may cache the SSE endpoint's CORS preflight answer
+    sse_preflight_max_age_s: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 600
 
 
 class AppConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One ``[[apps]]`` entry: an isolated tenant with its own secrets and providers."""
 
-    id: AppId
+    id: Annotated[str, msgspec.Meta(pattern=APP_ID_PATTERN)]
     client_secret: Annotated[str, msgspec.Meta(min_length=32)]  # HS256 wants >= 32 bytes
     api_key: Secret
     watch_policy: Literal["open", "token"] = "open"
@@ -87,6 +125,7 @@ class _File(msgspec.Struct, forbid_unknown_fields=True):
     redis: RedisConfig | None = None
     presence: PresenceSettings = PresenceSettings()
     server: ServerConfig = ServerConfig()
+    connections: ConnectionsConfig = ConnectionsConfig()
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -96,6 +135,7 @@ class Settings(msgspec.Struct, frozen=True):
     presence: PresenceSettings = PresenceSettings()
     redis: RedisConfig | None = None
     server: ServerConfig = ServerConfig()
+    connections: ConnectionsConfig = ConnectionsConfig()
     source: str = "<dev mode>"
     dev_mode: bool = False
 
@@ -192,7 +232,19 @@ def parse(text: str, source: str, env: Mapping[str, str] | None = None) -> Setti
     except ValueError as exc:
         _, _, reason = str(exc).partition(": ")
         raise ConfigError("server.trusted_proxies", reason, source) from None
-    return Settings(apps=apps, presence=p, redis=redis, server=data.server, source=source)
+    c = data.connections
+    if c.idle_limit_s * 1000 <= c.heartbeat_ms:
+        raise ConfigError(
+            "connections.idle_limit_s", "must be more than heartbeat_ms (a ping's interval)", source
+        )
+    return Settings(
+        apps=apps,
+        presence=p,
+        redis=redis,
+        server=data.server,
+        connections=c,
+        source=source,
+    )
 
 
 def load(

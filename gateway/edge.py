@@ -166,6 +166,7 @@ class Edge:
             server.max_connections, server.max_connections_per_ip, self.resolver
         )
         self.request_timeout_s = server.request_timeout_s
+        self.pong_high_water = server.pong_high_water_bytes  # gateway.transport's pings
         self._warned_at = -self.WARN_EVERY_S
         self.refused = 0
 

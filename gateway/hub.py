@@ -3,8 +3,9 @@
 - Interest: the node subscribes in the broker only to users some local session watches,
   refcounted (first watcher subscribes, the last one leaving schedules an unsubscribe); one
   subscribe call per watch request and one batched unsubscribe per tick.
-- Fan-out: a published state is framed once and the same bytes are queued on every watching
-  session without awaiting anything; sessions keep only the latest unsent state per user.
+- Fan-out: a published state is framed once and the same bytes are queued in the outbox
+  (``gateway.outbox``) of every watching client without awaiting anything; an outbox keeps
+  only the latest unsent state per user.
 - Flush: dirty sessions are flushed together, at once when the node is idle and on a short
   tick under load, so a busy connection gets many states in one write.
 - Feed loss: when the broker reports a reset, every session gets a ``resync``.
@@ -12,6 +13,9 @@
   resynced), so a session re-watching a user it already watches answers from memory, not from
   the store. One entry per distinct watched user of the node, gone when nobody watches it.
 - Connections: open connections per (app, user) on this node, for the per-user cap.
+
+A client is anything with an outbox and the few methods of ``Client`` (a WebSocket session,
+an SSE stream, a test's fake); the hub never imports them. Tunables: ``[connections]``.
 """
 
 from __future__ import annotations
@@ -20,29 +24,45 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.backends.base import Broker, PresenceStore
-from gateway.errors import StoreUnavailable
+from gateway.config import ConnectionsConfig
+from gateway.errors import CloseCode, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.model import UserState, state_decoder
+from gateway.outbox import Key, Outbox, fan_out
 from gateway.protocol import presence_frame
-
-if TYPE_CHECKING:
-    from gateway.session import Session
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (app, user)
+__all__ = ["Client", "Hub", "Key"]
 
-FLUSH_TICK = 0.002  # seconds between flushes under load
-UNSUBSCRIBE_DELAY = 0.5  # batch window (and churn damper) for unsubscribes
-QUERY_CHUNK = 1000
+
+class Client(Protocol):
+    """A connection the hub fans out to; none of its methods awaits."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    def flush(self) -> int | None:
+        """Write what the outbox holds: the presence frames written, None while behind."""
+        ...
+
+    def resync(self, states: Mapping[Key, UserState]) -> bool:
+        """Queue a resync of the watch set from ``states``; True when there is one to flush."""
+        ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the client's last message (time.monotonic() clock)."""
+        ...
 
 
 class _Version(msgspec.Struct):
@@ -55,16 +75,23 @@ _version = msgspec.json.Decoder(_Version)
 class Hub:
     """Everything this node knows about who watches whom."""
 
-    def __init__(self, store: PresenceStore, broker: Broker, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: PresenceStore,
+        broker: Broker,
+        metrics: Metrics,
+        config: ConnectionsConfig | None = None,
+    ) -> None:
         self.store = store
         self.broker = broker
         self.metrics = metrics
-        self.index: dict[Key, set[Session]] = {}
-        self.sessions: set[Session] = set()
+        self.config = config or ConnectionsConfig()  # read by the sessions too
+        self.index: dict[Key, set[Client]] = {}
+        self.sessions: set[Client] = set()
         self._subscribing: dict[Key, asyncio.Future[None]] = {}  # failed ones stay while indexed
         self._unsubscribing: dict[Key, asyncio.Future[None]] = {}
         self._unsubscribe: set[Key] = set()
-        self._dirty: set[Session] = set()
+        self._dirty: set[Client] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = 0.0
         self._batch_start: float | None = None  # receipt of the oldest state not yet flushed
@@ -103,11 +130,22 @@ class Hub:
 
     # connections
 
+    def attach(self, client: Client) -> None:
+        """Count ``client`` as open: it gets resyncs and the idle sweep."""
+        self.sessions.add(client)
+
+    def detach(self, client: Client) -> None:
+        """Forget ``client`` (closed); its watches go with ``unwatch``."""
+        self.sessions.discard(client)
+        self._dirty.discard(client)
+
     def admit(self, app: str, user: str, cap: int) -> bool:
-        """Count a new connection of ``user``; False (nothing counted) when it has ``cap``."""
+        """Count a new connection of ``user``; False (nothing counted, counted as refused)
+        when it has ``cap``."""
         key = (app, user)
         count = self.connections.get(key, 0)
         if count >= cap:
+            self.refused += 1
             return False
         self.connections[key] = count + 1
         return True
@@ -123,7 +161,7 @@ class Hub:
 
     # interest
 
-    async def watch(self, session: Session, app: str, users: Sequence[str]) -> None:
+    async def watch(self, session: Client, app: str, users: Sequence[str]) -> None:
         """Index ``session`` as a watcher of ``users``; return once their feed is live.
 
         Raises StoreUnavailable (and leaves nothing indexed) when the broker cannot subscribe.
@@ -176,7 +214,7 @@ class Hub:
                 self.unwatch(session, app, users)
                 raise
 
-    def unwatch(self, session: Session, app: str, users: Iterable[str]) -> None:
+    def unwatch(self, session: Client, app: str, users: Iterable[str]) -> None:
         """Remove ``session`` as a watcher; users nobody watches are unsubscribed soon."""
         for user in users:
             key = (app, user)
@@ -196,7 +234,7 @@ class Hub:
     async def _unsubscriber(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(UNSUBSCRIBE_DELAY)
+            await asyncio.sleep(self.config.unsubscribe_delay_s)
             self._wake.clear()
             keys, self._unsubscribe = self._unsubscribe, set()
             by_app: dict[str, list[str]] = {}
@@ -223,19 +261,26 @@ class Hub:
                             del self._unsubscribing[(app, user)]
 
     async def _reap_idle(self) -> None:
-        """Close clients silent for longer than IDLE_LIMIT (they ping every heartbeat_ms).
+        """Close clients silent for longer than idle_limit_s (they ping every heartbeat_ms).
 
         One sweep for every connection replaces a keepalive timer per connection: a peer
         that vanished without a FIN is found here, not by the transport.
         """
-        from gateway import session as session_module
-
+        limit = self.config.idle_limit_s
+        reason = f"no message for {limit:.0f} s; ping every heartbeat_ms"
         while True:
-            limit = session_module.IDLE_LIMIT
             await asyncio.sleep(max(0.05, limit / 5))
             now = time.monotonic()
             for session in [s for s in self.sessions if s.idle_for(now) > limit]:
-                session.close(1001, f"no message for {limit:.0f} s; ping every heartbeat_ms")
+                session.close(CloseCode.GOING_AWAY, reason)
+
+    def note_slow_close(self) -> None:
+        """Count a client closed with 4008 for staying behind."""
+        self.slow_closes += 1
+
+    def note_sent(self, count: int) -> None:
+        """Count presence frames a client wrote outside the hub's flush (as it closed)."""
+        self.sent += count
 
     # fan-out
 
@@ -258,17 +303,7 @@ class Hub:
         frame = presence_frame(payload)
         if self._batch_start is None:
             self._batch_start = time.perf_counter()
-        dirty_add = self._dirty.add
-        for session in watchers:
-            # Session.deliver's common case, inlined: this loop runs once per recipient
-            watching = session.watching
-            last = watching.get(user)
-            if last is not None and 0 <= last < v and not session.closed:
-                watching[user] = v
-                session.pending[user] = frame  # replaces an older unsent state
-                dirty_add(session)
-            elif last is not None and session.deliver(user, v, frame):
-                dirty_add(session)
+        fan_out(watchers, user, v, frame, self._dirty.add)  # the loop over recipients
         self.schedule_flush()
 
     def note_read(self, app: str, states: Iterable[UserState]) -> None:
@@ -297,13 +332,13 @@ class Hub:
         if self._flush_handle is not None or not self._dirty:
             return
         loop = asyncio.get_running_loop()
-        wait = self._last_flush + FLUSH_TICK - loop.time()
+        wait = self._last_flush + self.config.flush_tick_s - loop.time()
         if wait <= 0:
             self._flush_handle = loop.call_soon(self._flush)
         else:
             self._flush_handle = loop.call_later(wait, self._flush)
 
-    def mark_dirty(self, session: Session) -> None:
+    def mark_dirty(self, session: Client) -> None:
         self._dirty.add(session)
         self.schedule_flush()
 
@@ -311,9 +346,14 @@ class Hub:
         self._flush_handle = None
         self._last_flush = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, set()
+        sent = 0
         for session in dirty:
-            if not session.flush():
+            written = session.flush()
+            if written is None:
                 self._dirty.add(session)  # held back by a slow reader: retry on the tick
+            else:
+                sent += written
+        self.sent += sent
         if self._batch_start is not None:
             self.metrics.publish_to_send_seconds.observe(time.perf_counter() - self._batch_start)
             self._batch_start = None
@@ -348,7 +388,7 @@ class Hub:
         self._recording.append(seen)
         try:
             for app, users in by_app.items():
-                for chunk in _chunks(users, QUERY_CHUNK):
+                for chunk in _chunks(users, self.config.store_read_chunk):
                     for attempt in range(10):
                         try:
                             for st in await self.store.get(app, chunk):

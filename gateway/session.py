@@ -1,8 +1,7 @@
-"""One WebSocket connection (SPEC section 5): hello, watch/unwatch, and a coalescing outbox.
+"""One WebSocket connection (SPEC section 5): hello, watch/unwatch; owns an ``Outbox``.
 
-Outbox: control replies (welcome, snapshot, ok, error, …) in order, then at most one unsent
-``presence`` frame per user, the latest. ``watching[user]`` is the highest ``v`` queued for
-the client, so a state with a lower or equal ``v`` is never sent after it.
+The outbox (``gateway.outbox``) holds control replies in order, then at most one unsent
+``presence`` frame per user, the latest; the hub fans published states into it.
 
 No gap between snapshot and live feed: a user being watched is first indexed in the hub and
 subscribed (so every later publish reaches this session), *then* read from the store. States
@@ -11,16 +10,20 @@ already watched is not read again: the snapshot carries the hub's newest state o
 
 Abuse bounds, all per connection:
 
-- Queue: while the socket holds more than HIGH_WATER unsent bytes the client is behind. Its
+- Queue: while the socket holds more than high_water_bytes unsent the client is behind. Its
   next request waits until it catches up (so a client that does not read its replies cannot
   make the node queue more of them, or read the store for them), and control replies queue
-  behind the socket up to HIGH_WATER bytes; past either bound (SLOW_CLOSE_AFTER seconds, or
-  one more reply) it is closed with 4008. ``queued()`` is what it holds, presence aside (at
+  behind the socket up to high_water_bytes; past either bound (slow_close_after_s, or one
+  more reply) it is closed with 4008. ``queued()`` is what it holds, presence aside (at
   most one coalesced frame per watched user).
-- Store reads: max(max_watch, READ_BURST) users at once, refilled over READ_REFILL seconds; a
-  watch past the allowance waits for it, so unwatching and re-watching cannot read faster.
+- Messages: messages_per_s sustained, message_burst at once; past them 4009.
+- Store reads: max(max_watch, store_read_burst) users at once, refilled over
+  store_read_refill_s; a watch past the allowance waits for it, so unwatching and
+  re-watching cannot read faster.
 - Connections: at most ``max_connections_per_user`` per user and app on this node; the next
   one is refused after hello with 4009 (SPEC: too many).
+
+The tunables are the ``[connections]`` table (``ConnectionsConfig``), as the hub has it.
 """
 
 from __future__ import annotations
@@ -30,15 +33,18 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 import msgspec
 from starlette.types import Receive, Scope, Send
 
 from gateway import tokens
 from gateway.config import AppConfig
-from gateway.errors import StoreUnavailable
-from gateway.model import UserState, state_encoder
+from gateway.errors import CloseCode, StoreUnavailable
+from gateway.hub import Hub
+from gateway.model import UserState
+from gateway.outbox import Key, Outbox
 from gateway.protocol import (
     BadMessage,
     Error,
@@ -55,27 +61,12 @@ from gateway.protocol import (
     decode,
     encode,
     frame_payload,
-    presence_frame,
 )
 from gateway.transport import EXTENSION
 
-if TYPE_CHECKING:
-    from gateway.hub import Hub, Key
-
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 10.0
-HEARTBEAT_MS = 25_000
-IDLE_LIMIT = 3 * HEARTBEAT_MS / 1000  # seconds without a message before the client is dropped
-HIGH_WATER = 256 * 1024  # bytes buffered for a client before it counts as behind
-SLOW_CLOSE_AFTER = 10.0  # seconds continuously behind before closing with 4008
 CATCH_UP_POLL = 0.02  # seconds between checks while a request waits for the client to read
-RATE = 20.0  # client messages per second, sustained
-BURST = 40.0  # client messages allowed in a burst
-QUERY_CHUNK = 1000
-READ_BURST = 100  # users a connection may read from the store at once, at least (or max_watch)
-READ_REFILL = 10.0  # seconds for that allowance to refill
-PENDING = -1  # watching[user] while its snapshot is being read
 
 
 class Sink(Protocol):
@@ -161,43 +152,37 @@ class Session:
         "_admitted",
         "_allowance",
         "_checked",
-        "_control_bytes",
         "_expiry",
         "_read_at",
         "_reads",
         "app",
-        "behind_since",
         "claims",
-        "closed",
-        "control",
-        "held",
+        "config",
         "hub",
-        "pending",
+        "outbox",
         "receive",
         "sink",
-        "watching",
     )
 
     def __init__(self, receive: Receive, app: AppConfig, hub: Hub) -> None:
         self.receive = receive
         self.app = app
         self.hub = hub
+        self.config = config = hub.config
         self.sink: Sink | None = None
         self.claims: tokens.Claims | None = None
-        self.watching: dict[str, int] = {}
-        self.held: dict[str, tuple[int, bytes]] | None = None
-        # the latest unsent presence frame per user; its v is watching[user]
-        self.pending: dict[str, bytes] = {}
-        self.control: list[bytes] = []
-        self._control_bytes = 0  # the size of ``control``
-        self.behind_since: float | None = None
-        self.closed = False
-        self._allowance = BURST
+        self.outbox = Outbox(config.high_water_bytes, config.slow_close_after_s)
+        self._allowance = float(config.message_burst)
         self._checked = time.monotonic()
         self._expiry: asyncio.TimerHandle | None = None
         self._admitted = False  # counted in hub.connections
-        self._reads = float(max(app.max_watch, READ_BURST))
+        self._reads = float(max(app.max_watch, config.store_read_burst))
         self._read_at = self._checked
+
+    @property
+    def closed(self) -> bool:
+        """The connection is over (or closing): nothing more is queued or read."""
+        return self.outbox.closed
 
     # connection lifecycle
 
@@ -215,10 +200,10 @@ class Session:
         self.sink = sink = RawSink(raw) if raw is not None else AsgiSink(send)
         try:
             if origin is not None and not self.origin_allowed(origin):
-                self.close(4003, "origin not allowed")
+                self.close(CloseCode.ORIGIN_NOT_ALLOWED, "origin not allowed")
                 return
             if await self._authenticate():
-                self.hub.sessions.add(self)
+                self.hub.attach(self)
                 await self._serve()
         finally:
             self.finish()
@@ -227,12 +212,12 @@ class Session:
 
     def finish(self) -> None:
         """Leave the hub: uncount the connection, unwatch everything (once it is over)."""
-        self.closed = True
-        self.hub.sessions.discard(self)
+        self.outbox.closed = True
+        self.hub.detach(self)
         if self._admitted and self.claims is not None:
             self._admitted = False
             self.hub.release(self.app.id, self.claims.sub)
-        self.hub.unwatch(self, self.app.id, list(self.watching))
+        self.hub.unwatch(self, self.app.id, list(self.outbox.watching))
         if self._expiry is not None:
             self._expiry.cancel()
 
@@ -241,11 +226,12 @@ class Session:
         return "*" in allowed or origin in allowed
 
     async def _authenticate(self) -> bool:
+        timeout = self.config.hello_timeout_s
         try:
-            async with asyncio.timeout(HELLO_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 text = await self._receive()
         except TimeoutError:
-            self.close(4001, f"no hello within {HELLO_TIMEOUT:g} s")
+            self.close(CloseCode.UNAUTHORIZED, f"no hello within {timeout:g} s")
             return False
         if text is None:
             return False
@@ -254,17 +240,18 @@ class Session:
             with contextlib.suppress(BadMessage):
                 hello = decode(text)
         if not isinstance(hello, Hello):
-            self.close(4001, "the first message must be hello")
+            self.close(CloseCode.UNAUTHORIZED, "the first message must be hello")
             return False
         try:
             claims = tokens.verify(hello.token, self.app.client_secret, self.app.id)
         except tokens.TokenError as exc:
-            self.close(4001, str(exc))
+            self.close(CloseCode.UNAUTHORIZED, str(exc))
             return False
         if not self.admit(claims):
-            self.close(4009, "too many connections for this user")
+            self.close(CloseCode.TOO_LARGE_OR_TOO_MANY, "too many connections for this user")
             return False
-        self.send(Welcome(user=claims.sub, max_watch=self.app.max_watch, heartbeat_ms=HEARTBEAT_MS))
+        heartbeat_ms = self.config.heartbeat_ms
+        self.send(Welcome(user=claims.sub, max_watch=self.app.max_watch, heartbeat_ms=heartbeat_ms))
         return True
 
     def admit(self, claims: tokens.Claims) -> bool:
@@ -272,12 +259,13 @@ class Session:
         and close it when its token expires."""
         self.claims = claims
         if not self.hub.admit(self.app.id, claims.sub, self.app.max_connections_per_user):
-            self.hub.refused += 1
             return False
         self._admitted = True
         loop = asyncio.get_running_loop()
         left = max(0.0, claims.deadline() - time.time())
-        self._expiry = loop.call_at(loop.time() + left, self.close, 4001, "token expired")
+        self._expiry = loop.call_at(
+            loop.time() + left, self.close, CloseCode.UNAUTHORIZED, "token expired"
+        )
         return True
 
     async def _receive(self) -> str | bytes | None:
@@ -286,7 +274,7 @@ class Session:
             return None
         message = await self.receive()
         if message["type"] == "websocket.disconnect":
-            self.closed = True
+            self.outbox.closed = True
             return None
         text = message.get("text")
         return str(text) if text is not None else bytes(message.get("bytes") or b"")
@@ -299,26 +287,29 @@ class Session:
     async def _next(self) -> str | bytes | None:
         """The next client frame, handed over once the client has caught up (see module)."""
         text = await self._receive()
-        if text is not None and self.queued() > HIGH_WATER and not await self._catch_up():
+        if (
+            text is not None
+            and self.queued() > self.config.high_water_bytes
+            and not await self._catch_up()
+        ):
             return None
         return text
 
     async def _catch_up(self) -> bool:
-        """Wait until at most HIGH_WATER is queued for the client; False once it is closed.
+        """Wait until at most high_water_bytes is queued for the client; False once closed.
 
         The transport reads nothing more meanwhile, so the client's requests wait in the
         kernel's buffers, not in ours.
         """
-        while not self.closed and self.queued() > HIGH_WATER:
-            now = time.monotonic()
-            if self.behind_since is None:
-                self.behind_since = now
-            elif now - self.behind_since > SLOW_CLOSE_AFTER:
+        outbox = self.outbox
+        while not self.closed:
+            behind = outbox.behind(self.queued(), time.monotonic())
+            if behind is None:
                 self._close_slow()
                 break
+            if not behind:
+                break  # caught up: a later fall behind starts a fresh count
             await asyncio.sleep(CATCH_UP_POLL)
-        else:
-            self.behind_since = None  # caught up: a later fall behind starts a fresh count
         return not self.closed
 
     async def _handle(self, text: str | bytes | None) -> bool:
@@ -326,7 +317,7 @@ class Session:
         if text is None:
             return False
         if not self._take_token():  # every frame counts, binary ones included
-            self.close(4009, "too many messages")
+            self.close(CloseCode.TOO_LARGE_OR_TOO_MANY, "too many messages")
             return False
         if isinstance(text, bytes):
             self.send(Error(id=None, code="bad_request", message="text frames only"))
@@ -348,7 +339,9 @@ class Session:
 
     def _take_token(self) -> bool:
         now = time.monotonic()
-        self._allowance = min(BURST, self._allowance + (now - self._checked) * RATE)
+        config = self.config
+        allowance = self._allowance + (now - self._checked) * config.messages_per_s
+        self._allowance = min(float(config.message_burst), allowance)
         self._checked = now
         if self._allowance < 1.0:
             return False
@@ -363,23 +356,24 @@ class Session:
         """Flush what is queued and close with ``code``; never waits for the client."""
         if self.closed or self.sink is None:
             return
-        self.flush(force=True)
-        self.closed = True
+        self.hub.note_sent(self.flush(force=True) or 0)
+        self.outbox.closed = True
         self.sink.close(code, reason)
 
     def _close_slow(self) -> None:
         """Close a client that stayed behind with 4008, dropping what it did not read."""
-        self.hub.slow_closes += 1
+        self.hub.note_slow_close()
         log.info("closing a client that stayed behind (4008)")
-        self.pending.clear()
-        self.control.clear()
-        self._control_bytes = 0
-        self.close(4008, "client too slow")
+        self.outbox.drop()
+        self.close(CloseCode.TOO_SLOW, "client too slow")
 
     def queued(self) -> int:
         """Bytes queued for the client: in the socket's buffer and as control replies."""
+        return self.outbox.queued(self._buffered())
+
+    def _buffered(self) -> int:
         sink = self.sink
-        return self._control_bytes + (sink.buffered() if sink is not None else 0)
+        return sink.buffered() if sink is not None else 0
 
     # requests
 
@@ -389,7 +383,8 @@ class Session:
         if refusal is not None:
             self.send(Error(id=req.id, code=refusal[0], message=refusal[1]))
             return
-        await self._pace_reads(sum(u not in self.watching for u in users))
+        watching = self.outbox.watching
+        await self._pace_reads(sum(u not in watching for u in users))
         if self.closed:
             return
         try:
@@ -409,7 +404,8 @@ class Session:
             refused = [u for u in users if u not in allowed]
             if refused:
                 return "forbidden", f"not allowed to watch {len(refused)} of these users"
-        if len(self.watching) + sum(u not in self.watching for u in users) > app.max_watch:
+        watching = self.outbox.watching
+        if len(watching) + sum(u not in watching for u in users) > app.max_watch:
             return "limit", f"at most {app.max_watch} watched users per connection"
         return None
 
@@ -421,25 +417,23 @@ class Session:
         or the broker fails.
         """
         app = self.app
-        new = [u for u in users if u not in self.watching]
-        for user in new:
-            self.watching[user] = PENDING
+        outbox = self.outbox
+        new = [u for u in users if u not in outbox.watching]
+        outbox.begin_read(new)
+        chunk = self.config.store_read_chunk
         try:
             await self.hub.watch(self, app.id, new)
             states: list[UserState] = []
-            for i in range(0, len(new), QUERY_CHUNK):
-                states += await self.hub.store.get(app.id, new[i : i + QUERY_CHUNK])
+            for i in range(0, len(new), chunk):
+                states += await self.hub.store.get(app.id, new[i : i + chunk])
         except StoreUnavailable:
-            for user in new:
-                del self.watching[user]
-                if self.held is not None:
-                    self.held.pop(user, None)
+            outbox.abort_read(new)
             self.hub.unwatch(self, app.id, new)
             raise
         if self.closed:
             return None
         self.hub.note_read(app.id, states)
-        fresh = {st.user: st for st in states if self._settle(st)}
+        fresh = {st.user: st for st in states if outbox.settle(st)}
         presence: list[UserState | msgspec.Raw] = []
         for user in users:
             state = fresh.get(user)
@@ -456,48 +450,23 @@ class Session:
         states older than what the client has.
         """
         known = self.hub.known(self.app.id, user)
-        last = self.watching.get(user, PENDING)
-        if known is None or last == PENDING or known[0] < last:
+        if known is None or not self.outbox.adopt(user, known[0]):
             return None
-        v, state = known
-        self.pending.pop(user, None)  # older or equal: the snapshot goes first and replaces it
-        self.watching[user] = v
+        state = known[1]  # older or equal queued frames were dropped: the snapshot replaces them
         return msgspec.Raw(state) if isinstance(state, bytes) else state
 
     async def _pace_reads(self, users: int) -> None:
         """Take ``users`` store reads from the allowance, first waiting for it if short."""
-        burst = float(max(self.app.max_watch, READ_BURST))
-        rate = burst / READ_REFILL
+        burst = float(max(self.app.max_watch, self.config.store_read_burst))
+        rate = burst / self.config.store_read_refill_s
         now = time.monotonic()
         self._reads = min(burst, self._reads + (now - self._read_at) * rate) - users
         self._read_at = now
         if self._reads < 0:
             await asyncio.sleep(-self._reads / rate)
 
-    def _settle(self, state: UserState) -> bool:
-        """Make ``state`` (read from the store) the client's baseline for its user.
-
-        False when the client already has, or has queued, a newer state of an already
-        watched user (the read raced a publish): ``state`` must then not be sent at all.
-        """
-        user = state.user
-        last = self.watching.get(user, PENDING)
-        held = self.held.pop(user, None) if self.held else None
-        if last != PENDING and state.v < last:
-            return False
-        if held is not None and held[0] > state.v:  # published after the read: send it next
-            self.pending[user] = held[1]
-            self.watching[user] = held[0]
-        else:
-            self.pending.pop(user, None)  # anything queued is older: the state replaces it
-            self.watching[user] = state.v
-        return True
-
     def _unwatch(self, req: Unwatch) -> None:
-        gone = [u for u in dict.fromkeys(req.users) if u in self.watching]
-        for user in gone:
-            del self.watching[user]
-            self.pending.pop(user, None)
+        gone = self.outbox.unwatch(dict.fromkeys(req.users))
         self.hub.unwatch(self, self.app.id, gone)
         self.send(Ok(id=req.id))
 
@@ -505,82 +474,40 @@ class Session:
 
     def send(self, message: ServerMessage) -> None:
         """Queue a control reply behind the ones already queued."""
-        if not self.closed and self._queue_control(encode(message)):
+        if not self.closed and self.queue_control(encode(message)):
             self.hub.mark_dirty(self)
 
-    def _queue_control(self, frame: bytes) -> bool:
+    def queue_control(self, frame: bytes) -> bool:
         """Queue a control frame; False (closed with 4008) when it would pass the bound:
-        while the socket is behind, at most HIGH_WATER bytes of them (one, whatever its size)."""
-        size = self._control_bytes + len(frame)
-        if size > HIGH_WATER and self.control and self.sink and self.sink.buffered() > HIGH_WATER:
-            self._close_slow()
-            return False
-        self.control.append(frame)
-        self._control_bytes = size
-        return True
+        while the socket is behind, at most high_water_bytes of them (one, whatever its size)."""
+        if self.outbox.queue_control(frame, self._buffered()):
+            return True
+        self._close_slow()
+        return False
 
-    def deliver(self, user: str, v: int, frame: bytes) -> bool:
-        """Queue a published state; True when the session has something new to flush.
-
-        The hub inlines the common case (watched, not pending, newer) in its fan-out loop;
-        keep the two in step.
-        """
-        last = self.watching.get(user)
-        if last is None or self.closed:
-            return False
-        if last == PENDING:
-            if self.held is None:
-                self.held = {}
-            held = self.held.get(user)
-            if held is None or v > held[0]:
-                self.held[user] = (v, frame)
-            return False
-        if v <= last:
-            return False
-        self.watching[user] = v
-        self.pending[user] = frame
-        return True
-
-    def resync(self, states: dict[Key, UserState]) -> bool:
+    def resync(self, states: Mapping[Key, UserState]) -> bool:
         """Queue a ``resync`` of the whole watch set from freshly read states."""
         if self.closed:
             return False
-        present = []
-        for user, last in list(self.watching.items()):
-            state = states.get((self.app.id, user))
-            if state is None:
-                continue
-            if last == PENDING:  # its snapshot read may predate the reset: hold this one
-                self.deliver(user, state.v, presence_frame(state_encoder.encode(state)))
-                continue
-            # the hub's states are the newest it knows (see Hub._resync_all): the baseline,
-            # even below ``last`` when the store lost its data; what is queued is older
-            self.pending.pop(user, None)
-            self.watching[user] = state.v
-            present.append(state)
-        return self._queue_control(encode(Resync(presence=present)))
+        present = self.outbox.rebase(self.app.id, states)
+        return self.queue_control(encode(Resync(presence=present)))
 
-    def flush(self, force: bool = False) -> bool:
-        """Write everything queued in one send; False while the client is behind."""
+    def flush(self, force: bool = False) -> int | None:
+        """Write everything queued in one send: the presence frames written (0 once closed),
+        None while the client is behind."""
         sink = self.sink
         if self.closed or sink is None:
-            return True
-        if not force and sink.buffered() > HIGH_WATER:
-            now = time.monotonic()
-            if self.behind_since is None:
-                self.behind_since = now
-            elif now - self.behind_since > SLOW_CLOSE_AFTER:
+            return 0
+        if not force:
+            behind = self.outbox.behind(sink.buffered(), time.monotonic())
+            if behind is None:
                 self._close_slow()
-                return True
-            return False
-        self.behind_since = None
-        frames = self.control
-        if self.pending:
-            self.hub.sent += len(self.pending)
-            frames += self.pending.values()
-            self.pending = {}
+                return 0
+            if behind:
+                return None
+        else:
+            self.outbox.behind_since = None
+        frames, sent = self.outbox.take()
         if frames:
-            self.control = []
-            self._control_bytes = 0
             sink.write(frames)
-        return True
+        return sent

@@ -5,7 +5,7 @@ Bearer`` or ``?token=``. Everything is checked before the stream begins (token, 
 watch policy, max_watch, the per-user cap, the snapshot read), so a refusal is a plain 4xx
 (503 when the store cannot be read) with ``{"error": code, "message": ...}``.
 
-The stream then runs through the hub and the outbox of ``gateway.session`` unchanged: the
+The stream then runs through the hub and a session's ``Outbox`` unchanged: the
 same gap-free snapshot, ``v`` order, latest unsent state per user, slow-client bound and
 per-user cap. The outbox holds WebSocket frames (the hub frames each published state once for
 every watcher); ``EventSink`` turns each into its event as it writes it, by slicing, since
@@ -28,12 +28,11 @@ import msgspec
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from gateway import session as session_module
 from gateway import tokens
 from gateway.api import MAX_QUERY_USERS, USER_ID, USER_ID_MAX, BadQuery, query_values
 from gateway.config import AppConfig
 from gateway.edge import redact_path
-from gateway.errors import StoreUnavailable
+from gateway.errors import CloseCode, StoreUnavailable
 from gateway.hub import Hub
 from gateway.protocol import Snapshot, encode, frame_payload
 from gateway.session import Session
@@ -41,11 +40,8 @@ from gateway.transport import STREAM
 
 access_log = logging.getLogger("gateway.access")
 
-RETRY_MS = 2000
-RETRY = b"retry: %d\n\n" % RETRY_MS
 PING = b": ping\n\n"
 ALLOWED_HEADERS = "authorization, cache-control, last-event-id"  # for a preflight
-PREFLIGHT_MAX_AGE_S = 600
 _TYPE = b'{"type":"'
 _SNAPSHOT_ID = b'"id":null,'
 _FRAME = 0x81  # the first byte of every frame text_frame builds
@@ -88,7 +84,7 @@ class EventSink:
         return self.raw.buffered()  # type: ignore[no-any-return]
 
     def close(self, code: int, reason: str) -> None:
-        self.raw.stream_end(cut=code == 4008)  # a slow client would never read the end
+        self.raw.stream_end(cut=code == CloseCode.TOO_SLOW)  # a slow one would never read it
 
 
 class EventStream(Session):
@@ -99,7 +95,7 @@ class EventStream(Session):
     def __init__(self, receive: Receive, app: AppConfig, hub: Hub) -> None:
         super().__init__(receive, app, hub)
         self._ping: asyncio.TimerHandle | None = None
-        self.heartbeat_s = session_module.HEARTBEAT_MS / 1000
+        self.heartbeat_s = self.config.heartbeat_ms / 1000
 
     def idle_for(self, now: float) -> float:
         """Never idle for the hub's sweep: the client sends nothing (pings find it gone)."""
@@ -109,8 +105,10 @@ class EventStream(Session):
         """Start writing: ``retry``, the snapshot, then what was published since the read."""
         self.sink = EventSink(raw)
         # anything queued before now is a resync of none of these users (all were pending)
-        self.control = [RETRY, encode(Snapshot(id=None, presence=presence))]
-        self._control_bytes = sum(map(len, self.control))
+        outbox = self.outbox
+        retry = b"retry: %d\n\n" % self.config.sse_retry_ms
+        outbox.control = [retry, encode(Snapshot(id=None, presence=presence))]
+        outbox.control_bytes = sum(map(len, outbox.control))
         self.hub.mark_dirty(self)
         self._schedule_ping()
 
@@ -121,7 +119,7 @@ class EventStream(Session):
     def _send_ping(self) -> None:
         if self.closed:
             return
-        if self._queue_control(PING):  # counted like any reply: bounded while behind
+        if self.queue_control(PING):  # counted like any reply: bounded while behind
             self.hub.mark_dirty(self)
             self._schedule_ping()
 
@@ -176,7 +174,7 @@ class Endpoint:
                 return await _reply(send, 403, "forbidden", "origin not allowed", cors)
             cors.append((b"access-control-allow-origin", origin.encode("latin-1")))
         if scope["method"] == "OPTIONS":
-            return await _preflight(send, cors)
+            return await _preflight(send, cors, self.hub.config.sse_preflight_max_age_s)
         if scope["method"] != "GET":
             return await _reply(send, 405, "bad_request", "GET or OPTIONS only", cors)
         try:
@@ -207,7 +205,7 @@ class Endpoint:
             raise _Refusal(403 if refusal[0] == "forbidden" else 400, *refusal)
         if not stream.admit(claims):
             raise _Refusal(429, "limit", "too many connections for this user")
-        self.hub.sessions.add(stream)  # a resync meanwhile holds what it read (pending)
+        self.hub.attach(stream)  # a resync meanwhile holds what it read (pending)
         try:
             return stream, await stream.add(users)
         except StoreUnavailable:
@@ -229,7 +227,9 @@ class Endpoint:
         """Stream until the connection ends."""
         await send({"type": "http.response.start", "status": 200, "headers": _HEAD + cors})
         raw = scope["extensions"][STREAM]
-        raw.stream_open(lambda: stream.close(1012, "the node is shutting down"))
+        raw.stream_open(
+            lambda: stream.close(CloseCode.SERVICE_RESTART, "the node is shutting down")
+        )
         stream.begin(raw, presence)
         del presence, cors, raw  # an idle stream keeps none of its request
         scope["headers"].clear()
@@ -311,12 +311,12 @@ async def _reply(
     return status
 
 
-async def _preflight(send: Send, cors: list[tuple[bytes, bytes]]) -> int:
+async def _preflight(send: Send, cors: list[tuple[bytes, bytes]], max_age_s: int) -> int:
     headers = [
         *cors,
         (b"access-control-allow-methods", b"GET, OPTIONS"),
         (b"access-control-allow-headers", ALLOWED_HEADERS.encode()),
-        (b"access-control-max-age", b"%d" % PREFLIGHT_MAX_AGE_S),
+        (b"access-control-max-age", b"%d" % max_age_s),
         (b"allow", b"GET, OPTIONS"),
         (b"content-length", b"0"),
     ]

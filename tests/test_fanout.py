@@ -22,11 +22,9 @@ import httpx
 import msgspec
 import pytest
 
-import gateway.hub
-import gateway.session
 from gateway.app import Gateway
 from gateway.backends.memory import MemoryBroker
-from gateway.config import AppConfig, ServerConfig, Settings
+from gateway.config import AppConfig, ConnectionsConfig, ServerConfig, Settings
 from gateway.hub import Hub
 from gateway.model import UserState
 from gateway.providers.rongcloud import signed_query
@@ -48,11 +46,15 @@ def raise_fd_limit(need: int) -> None:
     assert soft == resource.RLIM_INFINITY or soft >= need, f"RLIMIT_NOFILE {soft} < {need}"
 
 
-def with_app(**changes: Any) -> Settings:
+def with_app(connections: ConnectionsConfig | None = None, **changes: Any) -> Settings:
     """One app with ``changes``; every client of these tests comes from one loopback address."""
     settings = make_settings()
     app = msgspec.structs.replace(app_of(settings), **changes)
-    return Settings(apps={app.id: app}, server=ServerConfig(max_connections_per_ip=4 * CLIENTS))
+    return Settings(
+        apps={app.id: app},
+        server=ServerConfig(max_connections_per_ip=4 * CLIENTS),
+        connections=connections or ConnectionsConfig(),
+    )
 
 
 def parts(gw: LiveGateway) -> Gateway:
@@ -62,7 +64,8 @@ def parts(gw: LiveGateway) -> Gateway:
 
 
 def session_of(hub: Hub, user: str) -> Session:
-    (session,) = [s for s in hub.sessions if s.claims is not None and s.claims.sub == user]
+    sessions = [s for s in hub.sessions if isinstance(s, Session)]
+    (session,) = [s for s in sessions if s.claims is not None and s.claims.sub == user]
     return session
 
 
@@ -167,16 +170,13 @@ def squeeze_send_buffer(session: Session) -> None:
 # -- a stalled client ---------------------------------------------------------------------
 
 
-async def test_stalled_client_delays_nobody_and_is_closed_4008(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_stalled_client_delays_nobody_and_is_closed_4008() -> None:
     """A client that stops reading does not delay 1,000 watchers of its users; it gets 4008."""
     raise_fd_limit(4 * CLIENTS + 512)
-    monkeypatch.setattr(gateway.session, "HIGH_WATER", 16 * 1024)
-    monkeypatch.setattr(gateway.session, "SLOW_CLOSE_AFTER", 3600.0)  # lowered below
     users = [f"u{i}" for i in range(2000)]
     shared = users[:5]
-    settings = with_app(max_watch=len(users))
+    tunables = ConnectionsConfig(high_water_bytes=16 * 1024, slow_close_after_s=3600.0)
+    settings = with_app(tunables, max_watch=len(users))  # slow_close_after_s lowered below
     app = app_of(settings)
     async with (
         serve(settings) as gw,
@@ -207,17 +207,17 @@ async def test_stalled_client_delays_nobody_and_is_closed_4008(
             # fill the stalled client's buffers until the server holds it back
             for _ in range(20):
                 await batch_reaches_everyone()
-                if session.behind_since is not None:
+                if session.outbox.behind_since is not None:
                     break
-            assert session.behind_since is not None, "the stalled client never fell behind"
+            assert session.outbox.behind_since is not None, "the stalled client never fell behind"
             assert session.sink is not None and session.sink.buffered() > 16 * 1024
             # while it stays behind, every batch still reaches the others promptly
             latencies = [await batch_reaches_everyone() for _ in range(3)]
-            assert session.behind_since is not None and not session.closed
+            assert session.outbox.behind_since is not None and not session.closed
             assert max(latencies) < 3.0, latencies
-            assert len(session.pending) == len(users)  # one coalesced state per user, no more
+            assert len(session.outbox.pending) == len(users)  # one coalesced state per user
             # past the bound it is closed with 4008, and the others still get every change
-            monkeypatch.setattr(gateway.session, "SLOW_CLOSE_AFTER", 0.0)
+            session.outbox.slow_close_after = 0.0  # its own bound, lowered
             await eventually(lambda: session not in hub.sessions, 5, "the 4008 close")
             assert hub.slow_closes == 1
             await batch_reaches_everyone()
@@ -234,14 +234,11 @@ async def test_stalled_client_delays_nobody_and_is_closed_4008(
 # -- coalescing ---------------------------------------------------------------------------
 
 
-async def test_client_behind_gets_latest_state_never_an_older_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_client_behind_gets_latest_state_never_an_older_one() -> None:
     """While a client is behind, several states of a user collapse into the latest one."""
-    monkeypatch.setattr(gateway.session, "HIGH_WATER", 4096)
-    monkeypatch.setattr(gateway.session, "SLOW_CLOSE_AFTER", 3600.0)
     filler = [f"f{i}" for i in range(400)]
-    settings = with_app(max_watch=1000)
+    tunables = ConnectionsConfig(high_water_bytes=4096, slow_close_after_s=3600.0)
+    settings = with_app(tunables, max_watch=1000)
     app = app_of(settings)
     async with serve(settings) as gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
         hub = parts(gw).hub
@@ -254,18 +251,18 @@ async def test_client_behind_gets_latest_state_never_an_older_one(
             squeeze_send_buffer(session)
             for _ in range(50):
                 await toggler.flip(filler)
-                if session.behind_since is not None:
+                if session.outbox.behind_since is not None:
                     break
             await eventually(
-                lambda: session.behind_since is not None, 2, "the client to fall behind"
+                lambda: session.outbox.behind_since is not None, 2, "the client to fall behind"
             )
             versions = []
             for _ in range(5):
                 await toggler.flip(["x"])
                 versions.append((await store_states(http, app, ["x"]))["x"]["v"])
-            assert session.behind_since is not None and not session.closed
-            assert session.watching["x"] == versions[-1]  # only the latest is kept…
-            assert f'"v":{versions[-1]}'.encode() in session.pending["x"]  # …as x's unsent frame
+            assert session.outbox.behind_since is not None and not session.closed
+            assert session.outbox.watching["x"] == versions[-1]  # only the latest is kept…
+            assert f'"v":{versions[-1]}'.encode() in session.outbox.pending["x"]  # …unsent
             slow.client.resume_reading()
             final = await store_states(http, app, [*filler, "x"])
             await eventually(lambda: slow.view == final, 10, "the client to catch up")
@@ -389,7 +386,6 @@ async def test_watching_while_users_change_ends_in_the_store_state(
     outages: bool,
 ) -> None:
     """Clients (un)watching while users change end with the store's state; v never goes back."""
-    monkeypatch.setattr(gateway.hub, "UNSUBSCRIBE_DELAY", 0.002)  # unsubscribe/resubscribe churn
     common = [f"r{i}" for i in range(40)]  # watched by many clients at once
     rare = [f"q{i}" for i in range(400)]  # a few watchers each: their interest comes and goes
     everyone = common + rare
@@ -399,6 +395,8 @@ async def test_watching_while_users_change_ends_in_the_store_state(
         settings = make_settings(request.getfixturevalue("redis_url"))
     else:
         settings = make_settings(request.getfixturevalue("redis_cluster_url"), cluster=True)
+    churn = ConnectionsConfig(unsubscribe_delay_s=0.002)  # unsubscribe/resubscribe churn
+    settings = msgspec.structs.replace(settings, connections=churn)
     app = app_of(settings)
     async with serve(settings) as gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
         hub = parts(gw).hub

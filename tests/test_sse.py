@@ -21,7 +21,6 @@ import httpx
 import msgspec
 import pytest
 
-import gateway.session
 from gateway import tokens
 from gateway.app import Gateway
 from gateway.config import AppConfig, Settings
@@ -30,7 +29,7 @@ from tests.live import LiveGateway, serve
 from tests.test_e2e_webhooks import app_of, make_settings, query, tencent
 from tests.test_fanout import Toggler
 from tests.test_heap import _cyclic_leftovers, _http_protocols
-from tests.test_ws_protocol import BAD_TOKENS
+from tests.test_ws_protocol import BAD_TOKENS, tuned
 from tests.wsclient import Client
 
 STREAM_TIMEOUT = httpx.Timeout(10.0, read=None)
@@ -258,10 +257,10 @@ async def test_token_in_the_query_works_and_is_never_logged(
     assert not [line for line in lines if token[:40] in line or token[-20:] in line]
 
 
-async def test_ping_comment_every_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_ping_comment_every_heartbeat() -> None:
     """A ``: ping`` comment arrives every heartbeat_ms on an otherwise quiet stream."""
-    monkeypatch.setattr(gateway.session, "HEARTBEAT_MS", 100)
-    async with running() as live, live.stream("bob") as stream:
+    settings = tuned(make_settings(), heartbeat_ms=100)
+    async with running(settings) as live, live.stream("bob") as stream:
         await stream.start()
         for _ in range(3):
             assert await stream.next(pings=True) == Event("comment", "ping")
@@ -471,13 +470,12 @@ async def stalled_stream(live: Live, users: list[str]) -> socket.socket:
     return sock
 
 
-async def test_stalled_reader_delays_nobody_and_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_stalled_reader_delays_nobody_and_is_cut() -> None:
     """A stream whose client stops reading does not delay other streams of its users, keeps
     one state per user, and past the bound its connection is cut."""
-    monkeypatch.setattr(gateway.session, "HIGH_WATER", 16 * 1024)
-    monkeypatch.setattr(gateway.session, "SLOW_CLOSE_AFTER", 3600.0)  # lowered below
     users = [f"u{i}" for i in range(1000)]
-    async with running() as live, live.stream(*users[:3]) as other:
+    settings = tuned(make_settings(), high_water_bytes=16 * 1024, slow_close_after_s=3600.0)
+    async with running(settings) as live, live.stream(*users[:3]) as other:
         await other.start()
         sock = await stalled_stream(live, users)
         try:
@@ -490,15 +488,15 @@ async def test_stalled_reader_delays_nobody_and_is_cut(monkeypatch: pytest.Monke
                 await toggler.flip(users)
                 for u in users[:3]:
                     await other.presence(u)  # every flip reaches the other stream
-                if stalled.behind_since is not None:
+                if stalled.outbox.behind_since is not None:
                     break
-            assert stalled.behind_since is not None, "the stalled stream never fell behind"
+            assert stalled.outbox.behind_since is not None, "the stalled stream never fell behind"
             for _ in range(3):
                 await toggler.flip(users)
                 for u in users[:3]:
                     await other.presence(u)
-            assert not stalled.closed and len(stalled.pending) == len(users)
-            monkeypatch.setattr(gateway.session, "SLOW_CLOSE_AFTER", 0.0)
+            assert not stalled.closed and len(stalled.outbox.pending) == len(users)
+            stalled.outbox.slow_close_after = 0.0  # its own bound (slow_close_after_s), lowered
             await eventually(lambda: stalled.closed, "the stalled stream to be cut")
             assert live.parts.hub.slow_closes == 1
             await toggler.flip(users)
@@ -512,12 +510,11 @@ async def test_stalled_reader_delays_nobody_and_is_cut(monkeypatch: pytest.Monke
             sock.close()
 
 
-async def test_a_quiet_stream_is_not_dropped_as_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_quiet_stream_is_not_dropped_as_idle() -> None:
     """The hub's idle sweep (for WebSockets that stop pinging) leaves streams alone: their
     clients never send anything."""
-    monkeypatch.setattr(gateway.session, "IDLE_LIMIT", 0.2)
-    monkeypatch.setattr(gateway.session, "HEARTBEAT_MS", 150)
-    async with running() as live, live.stream("bob") as stream:
+    settings = tuned(make_settings(), idle_limit_s=0.2, heartbeat_ms=150)
+    async with running(settings) as live, live.stream("bob") as stream:
         await stream.start()
         for _ in range(6):  # about four idle limits
             assert await stream.next(pings=True) == Event("comment", "ping")

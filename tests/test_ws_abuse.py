@@ -18,10 +18,9 @@ import msgspec
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-import gateway.session
-import gateway.transport
 from gateway.backends.base import PresenceSettings
 from gateway.backends.memory import MemoryBroker, MemoryStore
+from gateway.config import ServerConfig
 from gateway.hub import Hub
 from gateway.model import PresenceEvent, UserState
 from gateway.protocol import Pong, Snapshot, encode
@@ -29,7 +28,7 @@ from gateway.session import Session
 from tests.live import LiveGateway
 from tests.test_e2e_webhooks import now_ms
 from tests.test_fanout import eventually, parts, session_of, squeeze_send_buffer
-from tests.test_ws_protocol import Live, running, with_app
+from tests.test_ws_protocol import Live, running, tuned, with_app
 from tests.wsclient import Client
 
 # -- helpers ------------------------------------------------------------------------------
@@ -69,8 +68,11 @@ def hub_of(live: Live) -> Hub:
 
 
 @contextlib.asynccontextmanager
-async def gateway_with(**app_changes: Any) -> AsyncIterator[Live]:
-    async with running(with_app(**app_changes)) as live:
+async def gateway_with(
+    connections: dict[str, Any] | None = None, **app_changes: Any
+) -> AsyncIterator[Live]:
+    """A gateway whose one app has ``app_changes``, with ``connections`` tunables."""
+    async with running(tuned(with_app(**app_changes), **(connections or {}))) as live:
         yield live
 
 
@@ -102,13 +104,10 @@ async def test_connection_over_the_per_user_cap_is_refused_after_hello() -> None
         assert "presence_connections_refused_total 1.0" in metrics
 
 
-async def test_a_capped_user_connects_again_after_any_close(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_capped_user_connects_again_after_any_close() -> None:
     """Every way a connection ends frees its slot: close, abort, a server close, a refusal."""
-    monkeypatch.setattr(gateway.session, "BURST", 5.0)
-    monkeypatch.setattr(gateway.session, "RATE", 1.0)
-    async with gateway_with(max_connections_per_user=2) as live:
+    limits = {"message_burst": 5, "messages_per_s": 1.0}
+    async with gateway_with(limits, max_connections_per_user=2) as live:
         hub = hub_of(live)
         key = (live.app.id, "alice")
         first = await live.login("alice")
@@ -171,12 +170,14 @@ async def test_repeated_watch_carries_the_newest_state() -> None:
         assert (await client.next_presence("bob"))["v"] > bob["v"]
 
 
-async def test_store_reads_per_connection_are_paced(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_store_reads_per_connection_are_paced() -> None:
     """Unwatching and re-watching max_watch users cannot read faster than the read allowance."""
-    monkeypatch.setattr(gateway.session, "RATE", 1000.0)  # the message limit is not under test
-    monkeypatch.setattr(gateway.session, "BURST", 1000.0)
-    monkeypatch.setattr(gateway.session, "READ_REFILL", 2.0)  # 200 users, 100 a second
-    async with gateway_with(max_watch=200) as live:
+    limits = {
+        "messages_per_s": 1000.0,  # the message limit is not under test
+        "message_burst": 1000,
+        "store_read_refill_s": 2.0,  # 200 users, 100 a second
+    }
+    async with gateway_with(limits, max_watch=200) as live:
         store = counted(live.gw)
         users = [f"u{i}" for i in range(200)]
         client = await live.login()
@@ -198,7 +199,7 @@ async def test_store_reads_per_connection_are_paced(monkeypatch: pytest.MonkeyPa
 def queued_now(session: Session) -> int:
     """What the node holds for ``session``'s client besides its coalesced presence frames."""
     sink = session.sink
-    return (sink.buffered() if sink is not None else 0) + sum(map(len, session.control))
+    return (sink.buffered() if sink is not None else 0) + sum(map(len, session.outbox.control))
 
 
 def record_queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -221,12 +222,14 @@ async def test_client_not_reading_its_replies_is_closed_4008_with_bounded_queue(
     monkeypatch: pytest.MonkeyPatch, flood: str
 ) -> None:
     """Pings (64 KiB ids) or re-watches of 1,000 users, never read: 4008, a bounded queue."""
-    monkeypatch.setattr(gateway.session, "RATE", 1000.0)  # the message limit is not under test
-    monkeypatch.setattr(gateway.session, "BURST", 1000.0)
-    monkeypatch.setattr(gateway.session, "SLOW_CLOSE_AFTER", 1.0)
+    limits = {
+        "messages_per_s": 1000.0,  # the message limit is not under test
+        "message_burst": 1000,
+        "slow_close_after_s": 1.0,
+    }
     peaks = record_queued(monkeypatch)
     users = [f"u{i}" for i in range(1000)]
-    async with gateway_with() as live:
+    async with gateway_with(limits) as live:
         store = counted(live.gw)
         hub = hub_of(live)
         client = await Client.open(live.gw.ws_url, live.app.id, rcvbuf=4096)
@@ -260,21 +263,20 @@ async def test_client_not_reading_its_replies_is_closed_4008_with_bounded_queue(
             len(encode(Pong(id=f"99999{big_id}"))),
             len(encode(Snapshot(id=99999, presence=[UserState(u, v=2**53) for u in users]))),
         )
-        assert max(peaks) <= 2 * gateway.session.HIGH_WATER + largest_frame, max(peaks)
+        high_water = hub.config.high_water_bytes
+        assert max(peaks) <= 2 * high_water + largest_frame, max(peaks)
         if flood == "watch":
             assert store.reads == 1000  # every user read once, however often re-watched
         client.resume_reading()
         assert (await client.closed_with(wait=10))[0] == 4008
 
 
-async def test_resyncs_queued_behind_a_full_socket_are_bounded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_resyncs_queued_behind_a_full_socket_are_bounded() -> None:
     """Resyncs of 1,000 users piling up behind a client that does not read close it with 4008."""
-    monkeypatch.setattr(gateway.session, "SLOW_CLOSE_AFTER", 3600.0)  # only the bound closes it
     users = [f"u{i}" for i in range(1000)]
-    async with gateway_with() as live:
+    async with gateway_with({"slow_close_after_s": 3600.0}) as live:  # only the bound closes it
         hub = hub_of(live)
+        high_water = hub.config.high_water_bytes
         client = await Client.open(live.gw.ws_url, live.app.id, rcvbuf=4096)
         live.clients.append(client)
         assert (await client.hello(live.token("slow")))["type"] == "welcome"
@@ -287,16 +289,14 @@ async def test_resyncs_queued_behind_a_full_socket_are_bounded(
             await client.send({"type": "ping", "id": f"{i}{big_id}"})
         sink = session.sink
         assert sink is not None
-        await eventually(
-            lambda: sink.buffered() > gateway.session.HIGH_WATER, 5, "the client to fall behind"
-        )
+        await eventually(lambda: sink.buffered() > high_water, 5, "the client to fall behind")
         resync_size = len(msgspec.json.encode([UserState(u) for u in users]))
-        for _ in range(2 * gateway.session.HIGH_WATER // resync_size + 2):
+        for _ in range(2 * high_water // resync_size + 2):
             hub.on_reset()
             await eventually(lambda: not hub._resyncs, 5, "the resync to be handed out")
             if session.closed:
                 break
-            assert queued_now(session) <= 2 * gateway.session.HIGH_WATER + resync_size + 100
+            assert queued_now(session) <= 2 * high_water + resync_size + 100
         assert session.closed and hub.slow_closes == 1
         client.resume_reading()
         assert (await client.closed_with(wait=10))[0] == 4008
@@ -316,10 +316,11 @@ async def test_websocket_pings_never_read_close_the_client_4008() -> None:
         client.pause_reading()
         # websockets answers every ping of one read at once: the bound, plus at most one
         # read's worth of pongs (asyncio reads up to 256 KiB)
-        BOUND = 2 * gateway.transport.PING_HIGH_WATER + 4096
+        pong_high_water = ServerConfig().pong_high_water_bytes
+        BOUND = 2 * pong_high_water + 4096
         pad = b"p" * 117  # 125 bytes a ping, the largest control frame: each pong echoes it
         with contextlib.suppress(ConnectionClosed):
-            for i in range(8 * gateway.transport.PING_HIGH_WATER // 125):
+            for i in range(8 * pong_high_water // 125):
                 if sink.buffered() > BOUND:
                     break  # the bound was not kept: fail below rather than grow further
                 await client.ws.ping(b"%08d%b" % (i, pad))

@@ -27,7 +27,6 @@ import msgspec
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-import gateway.session
 from gateway import tokens
 from gateway.config import AppConfig, Settings, dev_settings
 from tests.live import LiveGateway, serve
@@ -80,6 +79,12 @@ def with_app(**changes: Any) -> Settings:
     return Settings(apps={app.id: app})
 
 
+def tuned(settings: Settings, **connections: Any) -> Settings:
+    """``settings`` with some ``[connections]`` tunables changed."""
+    changed = msgspec.structs.replace(settings.connections, **connections)
+    return msgspec.structs.replace(settings, connections=changed)
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Live]:
     async with serve(settings) as gw:
@@ -99,15 +104,22 @@ async def assert_still_serving(gw: LiveGateway, app: AppConfig) -> None:
         await client.close()
 
 
-@pytest.fixture
-async def live(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Live]:
-    """A gateway with default app settings; after the test it must still serve, error-free."""
+@contextlib.asynccontextmanager
+async def checked(settings: Settings, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Live]:
+    """A gateway for ``settings``; after the test it must still serve, error-free."""
     caplog.set_level(logging.INFO)
-    async with running(make_settings()) as live:
+    async with running(settings) as live:
         yield live
         await assert_still_serving(live.gw, live.app)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not errors, [r.getMessage() for r in errors]
+
+
+@pytest.fixture
+async def live(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Live]:
+    """A gateway with default app settings; after the test it must still serve, error-free."""
+    async with checked(make_settings(), caplog) as live:
+        yield live
 
 
 def no_traceback(text: str) -> None:
@@ -363,26 +375,27 @@ async def test_bad_token_closes_4001(live: Live, make_token: Any) -> None:
     no_traceback(reason)
 
 
-async def test_first_message_must_be_hello(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_first_message_must_be_hello(caplog: pytest.LogCaptureFixture) -> None:
     """A first frame other than hello (a watch, a ping, junk, binary) closes with 4001 at once."""
-    monkeypatch.setattr(gateway.session, "HELLO_TIMEOUT", 60.0)  # not what closes it
-    firsts: list[str | bytes] = ['{"type":"watch","id":1,"users":["bob"]}', '{"type":"ping"}']
-    for first in [*firsts, "{", b"\x00"]:
-        client = await live.open()
-        await client.send_raw(first)
-        with pytest.raises(ConnectionClosed) as info:
-            await client.recv()  # the close, and nothing before it
-        assert info.value.rcvd is not None and info.value.rcvd.code == 4001, first
+    settings = tuned(make_settings(), hello_timeout_s=60.0)  # not what closes it
+    async with checked(settings, caplog) as live:
+        firsts: list[str | bytes] = ['{"type":"watch","id":1,"users":["bob"]}', '{"type":"ping"}']
+        for first in [*firsts, "{", b"\x00"]:
+            client = await live.open()
+            await client.send_raw(first)
+            with pytest.raises(ConnectionClosed) as info:
+                await client.recv()  # the close, and nothing before it
+            assert info.value.rcvd is not None and info.value.rcvd.code == 4001, first
 
 
-async def test_no_hello_in_time_closes_4001(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_hello_in_time_closes_4001(caplog: pytest.LogCaptureFixture) -> None:
     """A client that sends nothing is closed with 4001 once the hello timeout passes."""
-    monkeypatch.setattr(gateway.session, "HELLO_TIMEOUT", 0.3)
-    client = await live.open()
-    started = time.monotonic()
-    code, _ = await client.closed_with(wait=5)
-    assert code == 4001
-    assert 0.25 < time.monotonic() - started < 4
+    async with checked(tuned(make_settings(), hello_timeout_s=0.3), caplog) as live:
+        client = await live.open()
+        started = time.monotonic()
+        code, _ = await client.closed_with(wait=5)
+        assert code == 4001
+        assert 0.25 < time.monotonic() - started < 4
 
 
 async def test_token_expiring_mid_connection_closes_4001(
@@ -482,34 +495,34 @@ async def test_message_over_64_kib_closes_4009(live: Live) -> None:
     assert code == 4009
 
 
-async def test_too_many_messages_closes_4009(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_too_many_messages_closes_4009(caplog: pytest.LogCaptureFixture) -> None:
     """A burst over the message rate limit closes with 4009 after the allowed burst."""
-    monkeypatch.setattr(gateway.session, "BURST", 10.0)
-    monkeypatch.setattr(gateway.session, "RATE", 1.0)
-    client = await live.login()
-    with contextlib.suppress(ConnectionClosed):
-        for i in range(100):
-            await client.send({"type": "ping", "id": i})
-    pongs = 0
-    with contextlib.suppress(Exception):
-        while (await client.recv())["type"] == "pong":
-            pongs += 1
-    code, reason = await client.closed_with()
-    assert code == 4009 and "too many" in reason
-    assert 10 <= pongs < 20
+    settings = tuned(make_settings(), message_burst=10, messages_per_s=1.0)
+    async with checked(settings, caplog) as live:
+        client = await live.login()
+        with contextlib.suppress(ConnectionClosed):
+            for i in range(100):
+                await client.send({"type": "ping", "id": i})
+        pongs = 0
+        with contextlib.suppress(Exception):
+            while (await client.recv())["type"] == "pong":
+                pongs += 1
+        code, reason = await client.closed_with()
+        assert code == 4009 and "too many" in reason
+        assert 10 <= pongs < 20
 
 
 async def test_binary_frames_count_against_the_rate_limit(
-    live: Live, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A flood of binary frames is rate limited like text ones (4009), not answered forever."""
-    monkeypatch.setattr(gateway.session, "BURST", 10.0)
-    monkeypatch.setattr(gateway.session, "RATE", 1.0)
-    client = await live.login()
-    with contextlib.suppress(ConnectionClosed):
-        for _ in range(100):
-            await client.send_raw(b"x")
-    assert (await client.closed_with())[0] == 4009
+    settings = tuned(make_settings(), message_burst=10, messages_per_s=1.0)
+    async with checked(settings, caplog) as live:
+        client = await live.login()
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(100):
+                await client.send_raw(b"x")
+        assert (await client.closed_with())[0] == 4009
 
 
 async def test_leaving_serve_closes_clients_with_1012() -> None:
@@ -631,10 +644,9 @@ def _with_aud(secret: str, app: str, aud: str | list[str]) -> str:
     )
 
 
-async def test_silent_client_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_silent_client_is_dropped() -> None:
     """A client that sends nothing for IDLE_LIMIT is closed with 1001; a pinging one stays."""
-    monkeypatch.setattr(gateway.session, "IDLE_LIMIT", 0.5)
-    settings = make_settings()
+    settings = tuned(make_settings(), idle_limit_s=0.5)
     app = app_of(settings)
     async with serve(settings) as gw:
         silent = await Client.login(gw.ws_url, app.id, app.client_secret, "quiet")
