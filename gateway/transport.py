@@ -38,17 +38,20 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.frames import CloseCode as LibraryCloseCode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gateway.config import ServerConfig
 from gateway.edge import Edge, Slot, quiet_log, redact_path
+from gateway.errors import CloseCode
 from gateway.protocol import MAX_MESSAGE
 
 EXTENSION = "presence.raw"
 STREAM = "presence.stream"
 SEND_BUFFER = 128 * 1024  # the kernel doubles it
+PING_HIGH_WATER = 256 * 1024  # pong bytes unsent to a client before it is closed with 4008
 MAX_HEAD = 64 * 1024  # request line and headers
 BODY_GRACE_S = 1.0  # the app answers a late body itself (408 in the provider's shape) first
 LINGER_S = 2.0  # an answered, ending connection may read our answer this long before a cut
@@ -351,8 +354,8 @@ class _Connection(ServerProtocol):
     """websockets' server state machine, closing with 4009 on an over-size message."""
 
     def fail(self, code: int, reason: str = "") -> None:
-        if code == 1009:
-            code, reason = 4009, "message too large"
+        if code == LibraryCloseCode.MESSAGE_TOO_BIG:
+            code, reason = CloseCode.TOO_LARGE_OR_TOO_MANY, "message too large"
         super().fail(code, reason)
 
 
@@ -460,9 +463,9 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         same bound a session applies to everything it queues, it is closed with 4008 (what
         is buffered then is at most the bound plus the pongs of one read).
         """
-        if self.buffered() > edge_of(self.app_state).pong_high_water:  # [server]
+        if self.buffered() > PING_HIGH_WATER:
             self.conn.data_to_send()  # drop the pong websockets prepared
-            self.close_now(4008, "client too slow")
+            self.close_now(CloseCode.TOO_SLOW, "client too slow")
             return
         super().handle_ping()
 
