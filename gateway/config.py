@@ -26,10 +26,11 @@ from gateway.providers.rongcloud import RongCloudConfig
 from gateway.providers.standard import StandardConfig
 from gateway.providers.tencent import TencentConfig
 from gateway.providers.wukongim import WuKongIMConfig
+from gateway.types import APP_ID_PATTERN as APP_ID_PATTERN  # the name openapi.py imports
+from gateway.types import AppId
 
 log = logging.getLogger(__name__)
 
-APP_ID_PATTERN = r"\A[A-Za-z0-9_-]{1,64}\Z"  # \Z: "$" would pass a final "\n"
 Secret = Annotated[str, msgspec.Meta(min_length=1)]
 
 
@@ -94,7 +95,7 @@ class ConnectionsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 class AppConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One ``[[apps]]`` entry: an isolated tenant with its own secrets and providers."""
 
-    id: Annotated[str, msgspec.Meta(pattern=APP_ID_PATTERN)]
+    id: AppId
     client_secret: Annotated[str, msgspec.Meta(min_length=32)]  # HS256 wants >= 32 bytes
     api_key: Secret
     watch_policy: Literal["open", "token"] = "open"

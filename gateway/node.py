@@ -37,7 +37,7 @@ class Node:
         self.store: PresenceStore
         self.broker: Broker
         self.store, self.broker = open_backend(settings)
-        self.hub = Hub(self.store, self.broker, self.metrics)
+        self.hub = Hub(self.store, self.broker, self.metrics, settings.connections)
         self.outbound = Outbound(settings, self.store, self.metrics)  # webhooks out (SPEC 9)
         self.heap = HeapKeeper()
         self._sweeper: asyncio.Task[None] | None = None
