@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.errors import GatewayError
+from gateway.errors import UpstreamError
 
 MAX_BACKOFF_S = 60.0
 """No backoff hint (ours or a provider's ``Retry-After``) is longer than this."""
@@ -40,7 +40,7 @@ OFFLINE = Answer(False)
 UNKNOWN = Answer(False, known=False)
 
 
-class PullError(GatewayError):
+class PullError(UpstreamError):
     """A pull-API call failed; presence must not change because of it.
 
     ``retry_after_s`` is a capped hint for when to call this provider again; ``retryable``
