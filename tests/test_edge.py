@@ -19,9 +19,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.app import Gateway
 from gateway.config import ServerConfig, Settings
 from gateway.edge import ClientResolver, ConnectionLimits, is_loopback, redact_path
+from gateway.node import Node
 from gateway.providers.openim import OpenIMConfig
 from gateway.providers.tencent import TencentConfig, sign
 from tests.live import LiveGateway, serve
@@ -46,9 +46,9 @@ def edge_settings(
     return Settings(apps={app.id: app}, server=ServerConfig(**server))
 
 
-def gateway_of(gw: LiveGateway) -> Gateway:
+def gateway_of(gw: LiveGateway) -> Node:
     found = gw.gateway
-    assert isinstance(found, Gateway)
+    assert isinstance(found, Node)
     return found
 
 

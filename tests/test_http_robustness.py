@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import Gateway
 from gateway.config import AppConfig, Settings
+from gateway.node import Node
 from tests.live import LiveGateway, serve
 from tests.test_e2e_webhooks import TOKEN, app_of, make_settings, tencent
 
@@ -168,7 +168,7 @@ def metric(text: str, provider: str, outcome: str) -> float:
 
 
 async def _broken_route(
-    gw: Gateway, monkeypatch: pytest.MonkeyPatch, app: AppConfig, where: str
+    gw: Node, monkeypatch: pytest.MonkeyPatch, app: AppConfig, where: str
 ) -> None:
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")
@@ -191,7 +191,7 @@ async def test_a_bug_in_the_webhook_route_is_a_503_counted_as_error(
     settings: Settings = make_settings()
     app = app_of(settings)
     async with serve(settings) as live, httpx.AsyncClient(base_url=live.url) as http:
-        gateway: Gateway = live.app.state.gateway
+        gateway: Node = live.app.state.gateway
         await _broken_route(gateway, monkeypatch, app, where)
         r = await tencent(http, app.id, "bob", "Login")
         assert r.status_code == 503
