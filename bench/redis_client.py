@@ -30,6 +30,23 @@ and µs per call, from ``time.process_time``), Redis's CPU per call, p50/p99 of 
 ``get_sharded_message`` per node on Cluster); CPU µs per message received.
 
 The result is a table and one JSON line (also saved under ``bench/results/``).
+
+Result (2026-12-01, 2 cores shared with other work: 0.3-1.8 cores of foreign load, so read the
+CPU per call, not the calls/s; two runs of ``python -m bench.redis_client --backend standalone
+--feed`` and ``--backend cluster --feed``, 1 s + 4 s a row): the client's CPU per call, wire vs
+redis-py 8.1 with hiredis, the same calls, turn-sharing on for both:
+
+    standalone  single closed 11-13 vs 16-19 µs (x1.45), @2000/s net 43-46 vs 55-62 (x1.3),
+                batch closed 393-480 vs 752-882 (x1.85), @50/s net 441-676 vs 1044-1219 (x2)
+    cluster     single closed 20-21 vs 44 µs (x2.1), @2000/s net 57-60 vs 91-101 (x1.65),
+                batch closed 918-968 vs 2661-2689 (x2.8), @50/s net 1100-1131 vs 3124-3189 (x2.8)
+    feed        6.0-6.8 vs 9.2-9.9 µs a message standalone, 6.9-7.0 vs 10.3-10.6 Cluster (x1.5)
+
+Without the sharing (``redis-py-percall``) redis-py costs 76-83 µs a webhook on standalone;
+on Cluster its connections fail under 64 concurrent callers (``AttributeError: 'NoneType'
+object has no attribute 'writelines'`` from inside redis-py, 31 and 91 calls in 4 s). Redis's
+own CPU per call is lower with the wire too (one connection, one read per batch). So: keep the
+wire layer.
 """
 
 from __future__ import annotations
