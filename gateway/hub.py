@@ -36,8 +36,9 @@ from gateway.config import ConnectionsConfig
 from gateway.errors import CloseCode, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.model import UserState, state_decoder
-from gateway.outbox import Key, Outbox, fan_out
+from gateway.outbox import Outbox, fan_out
 from gateway.protocol import presence_frame
+from gateway.types import Key
 
 log = logging.getLogger(__name__)
 

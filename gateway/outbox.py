@@ -21,10 +21,9 @@ from typing import Protocol, TypeVar
 
 from gateway.model import UserState, state_encoder
 from gateway.protocol import presence_frame
+from gateway.types import Key
 
 PENDING = -1  # watching[user] while its snapshot is being read
-
-Key = tuple[str, str]  # (app, user)
 
 
 class Outbox:

@@ -44,7 +44,7 @@ from gateway.config import AppConfig
 from gateway.errors import CloseCode, StoreUnavailable
 from gateway.hub import Hub
 from gateway.model import UserState
-from gateway.outbox import Key, Outbox
+from gateway.outbox import Outbox
 from gateway.protocol import (
     BadMessage,
     Error,
@@ -63,6 +63,7 @@ from gateway.protocol import (
     frame_payload,
 )
 from gateway.transport import EXTENSION
+from gateway.types import Key
 
 log = logging.getLogger(__name__)
 

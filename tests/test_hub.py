@@ -14,11 +14,12 @@ from gateway.backends.base import PresenceSettings
 from gateway.backends.memory import MemoryBroker, MemoryStore
 from gateway.config import ConnectionsConfig
 from gateway.errors import CloseCode
-from gateway.hub import Hub, Key
+from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.model import PresenceEvent, UserState
 from gateway.outbox import Outbox
 from gateway.protocol import Resync, encode, frame_payload
+from gateway.types import Key
 
 APP = "a"
 
