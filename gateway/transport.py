@@ -51,7 +51,6 @@ from gateway.protocol import MAX_MESSAGE
 EXTENSION = "presence.raw"
 STREAM = "presence.stream"
 SEND_BUFFER = 128 * 1024  # the kernel doubles it
-PING_HIGH_WATER = 256 * 1024  # pong bytes unsent to a client before it is closed with 4008
 MAX_HEAD = 64 * 1024  # request line and headers
 BODY_GRACE_S = 1.0  # the app answers a late body itself (408 in the provider's shape) first
 LINGER_S = 2.0  # an answered, ending connection may read our answer this long before a cut
@@ -463,7 +462,7 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         same bound a session applies to everything it queues, it is closed with 4008 (what
         is buffered then is at most the bound plus the pongs of one read).
         """
-        if self.buffered() > PING_HIGH_WATER:
+        if self.buffered() > edge_of(self.app_state).pong_high_water:  # [server]
             self.conn.data_to_send()  # drop the pong websockets prepared
             self.close_now(CloseCode.TOO_SLOW, "client too slow")
             return
