@@ -84,6 +84,7 @@ def create_app(settings: Settings) -> WebSocketFront:
             node.store,
             node.metrics,
             timeout_s=settings.server.request_timeout_s,
+            max_body=settings.server.max_body_bytes,
             reconciler=node.reconciler,
         )
 

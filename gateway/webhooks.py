@@ -141,6 +141,7 @@ async def handle(
     metrics: Metrics,
     *,
     timeout_s: float = 10.0,
+    max_body: int = MAX_BODY,
     reconciler: Reconciler | None = None,
 ) -> Response:
     """Run one webhook through its provider and the store.
@@ -161,10 +162,11 @@ async def handle(
             return to_response(provider.error(exc.status, exc.reason), close=True)
         try:
             async with asyncio.timeout(timeout_s):
-                body = await read_body(request)
+                body = await read_body(request, max_body)
         except BodyTooLarge:
             outcome = "too_large"
-            return to_response(provider.error(413, "body over 1 MiB"), close=True)
+            limit = "1 MiB" if max_body == MAX_BODY else f"{max_body} bytes"
+            return to_response(provider.error(413, f"body over {limit}"), close=True)
         except TimeoutError:
             outcome = "timeout"
             return to_response(provider.error(408, "body not received in time"), close=True)

@@ -240,3 +240,21 @@ async def test_redis_down_gives_503_then_recovers(redis_proc: Any) -> None:
         assert (await tencent(client, app.id, "carol", "Login")).status_code == 200
         (carol,) = await query(client, app, "carol")
         assert carol["status"] == "online"
+
+
+async def test_body_limit_comes_from_server_settings() -> None:
+    """[server] max_body_bytes sets the webhook body limit: a body over it gets 413."""
+    settings = make_settings()
+    settings = msgspec.structs.replace(
+        settings, server=msgspec.structs.replace(settings.server, max_body_bytes=4096)
+    )
+    app = app_of(settings)
+    async with serve(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        events: list[dict[str, Any]] = [
+            {"userid": f"u{i}", "status": "0", "os": "iOS", "time": now_ms(), "sessionId": f"s{i}"}
+            for i in range(100)
+        ]
+        r = await rongcloud(client, app.id, events)
+        assert r.status_code == 413
+        r = await rongcloud(client, app.id, events[:2])
+        assert r.status_code == 200
