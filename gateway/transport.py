@@ -490,6 +490,7 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
 
+
 class QuietH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with no access log lines, whatever handlers a test's log
     capture attached (the simulator's fake pull APIs: a line would hold Tencent's usersig)."""

@@ -10,9 +10,10 @@ import uuid
 from redis.asyncio import Redis, RedisCluster
 
 from gateway.backends.base import PresenceSettings, PresenceStore
-from gateway.backends.memory import MemoryStore, clock_ms
+from gateway.backends.memory import MemoryStore
 from gateway.backends.redis.keys import user_key
 from gateway.model import PresenceEvent, UserState
+from gateway.types import clock_ms
 from tests.conftest import Backend
 
 NOW = 1_763_700_000_000

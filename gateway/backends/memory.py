@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import inspect
-import time
 from collections.abc import AsyncIterator, Sequence
 
 import msgspec
@@ -43,12 +42,7 @@ from gateway.model import (
 )
 from gateway.outbound.memory import MemoryOutbox
 from gateway.outbound.message import kind_of
-
-
-def clock_ms() -> int:
-    """Wall-clock time in ms since the epoch."""
-    return time.time_ns() // 1_000_000
-
+from gateway.types import clock_ms
 
 FORGET_PER_APPLY = 64  # expired users an apply drops at most (amortized; the sweep does more)
 FORGET_PER_SWEEP = 10_000  # and a sweep: bounds one call's pause of the event loop

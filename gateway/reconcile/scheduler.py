@@ -59,6 +59,7 @@ from gateway.reconcile.lease import DEFAULT_TTL_MS, Lease
 from gateway.reconcile.openim import OpenIMClient
 from gateway.reconcile.rongcloud import RongCloudClient
 from gateway.reconcile.tencent import TencentClient
+from gateway.types import clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,6 @@ STATUS_TTL_MS = 30 * 86_400_000
 FULL_TTL_MS = 86_400_000  # a full pass asked for and not begun within a day is forgotten
 READS = 16  # record reads in flight at once
 RETRY_BASE_S, RETRY_CAP_S = 1.0, 60.0
-
-
-def clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class PassStats(msgspec.Struct):

@@ -25,7 +25,7 @@ from gateway.backends.base import MessageHandler, ResetHandler
 from gateway.backends.redis.keys import parse_channel, user_channel
 from gateway.backends.redis.store import CONNECT_TIMEOUT_S
 from gateway.backends.redis.wire import redact
-from gateway.errors import StoreUnavailable
+from gateway.errors import FeedLost, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ PING_EVERY_S = 5.0  # a feed silent this long gets a PING; silent twice as long 
 SUBSCRIBE_TIMEOUT_S = 2.0
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 5.0
-
-
-class FeedLost(Exception):
-    """A pub/sub connection stopped answering, or the feed could not be restored in time."""
 
 
 SlotOf = Callable[[bytes], int]

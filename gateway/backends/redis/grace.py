@@ -22,12 +22,12 @@ from time import monotonic
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from gateway.backends.base import PresenceSettings
-from gateway.backends.memory import clock_ms
 from gateway.backends.redis.calls import Calls, _User, unavailable
 from gateway.backends.redis.keys import hint_key, parse_member, slot_index
 from gateway.backends.redis.lane import command
 from gateway.backends.redis.scripts import GRACE_DONE
 from gateway.errors import StoreUnavailable
+from gateway.types import clock_ms
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.backends.base import ApplyResult, PresenceSettings
-from gateway.backends.memory import clock_ms
 from gateway.backends.redis.calls import _Queued, _User, _wire, unavailable
 from gateway.backends.redis.codec import decode_record
 from gateway.backends.redis.coordination import RedisCoordination
@@ -36,6 +35,7 @@ from gateway.backends.redis.keys import grace_index, user_key, user_tag
 from gateway.backends.redis.lane import bulk, command
 from gateway.backends.redis.scripts import GET
 from gateway.model import MAX_MARKS, DeviceRecord, PresenceEvent, UserState, state_decoder
+from gateway.types import clock_ms
 
 CONNECT_TIMEOUT_S = 1.0  # webhooks get ~2 s in all (Tencent): fail fast, answer 503
 SOCKET_TIMEOUT_S = 2.0
