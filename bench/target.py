@@ -80,6 +80,8 @@ class Target:
             "offline_grace_ms = 0",
             f"session_retention_s = {MAX_EVENT_AGE_S}",
             f"max_event_age_s = {MAX_EVENT_AGE_S}",
+            # event times run ahead of the clock (base + event number): not "from the future"
+            f"future_skew_s = {MAX_EVENT_AGE_S}",
             "",
             "[server]",  # every bench connection comes from 127.0.0.1
             "max_connections_per_ip = 1000000",
