@@ -28,7 +28,8 @@ from gateway.config import AppConfig, ConnectionsConfig, ServerConfig, Settings
 from gateway.hub import Hub
 from gateway.model import UserState
 from gateway.providers.rongcloud import signed_query
-from gateway.session import RawSink, Session
+from gateway.session import Session
+from gateway.sinks import RawSink
 from tests.live import LiveGateway, serve
 from tests.test_e2e_webhooks import RONGCLOUD, app_of, make_settings, now_ms, query
 from tests.wsclient import Client, Watcher
