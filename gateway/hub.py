@@ -1,8 +1,8 @@
 """The node's fan-out: a local index user → sessions, interest-based subscriptions, one flush.
 
-- Interest: the node subscribes in the broker only to users some local session watches,
-  refcounted (first watcher subscribes, the last one leaving schedules an unsubscribe); one
-  subscribe call per watch request and one batched unsubscribe per tick.
+- Interest (``gateway.interest``): the node subscribes in the broker only to users some local
+  session watches, refcounted (first watcher subscribes, the last one leaving schedules an
+  unsubscribe); one subscribe call per watch request and one batched unsubscribe per tick.
 - Fan-out: a published state is framed once and the same bytes are queued in the outbox
   (``gateway.outbox``) of every watching client without awaiting anything; an outbox keeps
   only the latest unsent state per user.
@@ -14,8 +14,9 @@
   the store. One entry per distinct watched user of the node, gone when nobody watches it.
 - Connections: open connections per (app, user) on this node, for the per-user cap.
 
-A client is anything with an outbox and the few methods of ``Client`` (a WebSocket session,
-an SSE stream, a test's fake); the hub never imports them. Tunables: ``[connections]``.
+A client is anything with an outbox and the few methods of ``Client`` (``gateway.client``: a
+WebSocket session, an SSE stream, a test's fake); the hub never imports them. Tunables:
+``[connections]``.
 """
 
 from __future__ import annotations
@@ -24,46 +25,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Iterator
 
 import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.backends.base import Broker, PresenceStore
+from gateway.client import Client
 from gateway.config import ConnectionsConfig
 from gateway.errors import CloseCode, StoreUnavailable
+from gateway.interest import Interest
 from gateway.metrics import Metrics
 from gateway.model import UserState, state_decoder
-from gateway.outbox import Outbox, fan_out
+from gateway.outbox import fan_out
 from gateway.protocol import presence_frame
 from gateway.types import Key
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Client", "Hub", "Key"]
-
-
-class Client(Protocol):
-    """A connection the hub fans out to; none of its methods awaits."""
-
-    @property
-    def outbox(self) -> Outbox: ...
-
-    def flush(self) -> int | None:
-        """Write what the outbox holds: the presence frames written, None while behind."""
-        ...
-
-    def resync(self, states: Mapping[Key, UserState]) -> bool:
-        """Queue a resync of the watch set from ``states``; True when there is one to flush."""
-        ...
-
-    def close(self, code: int, reason: str) -> None: ...
-
-    def idle_for(self, now: float) -> float:
-        """Seconds since the client's last message (time.monotonic() clock)."""
-        ...
 
 
 class _Version(msgspec.Struct):
@@ -73,7 +54,7 @@ class _Version(msgspec.Struct):
 _version = msgspec.json.Decoder(_Version)
 
 
-class Hub:
+class Hub(Interest):
     """Everything this node knows about who watches whom."""
 
     def __init__(
@@ -87,16 +68,12 @@ class Hub:
         self.broker = broker
         self.metrics = metrics
         self.config = config or ConnectionsConfig()  # read by the sessions too
-        self.index: dict[Key, set[Client]] = {}
+        super().__init__()  # the index and the subscriptions (gateway.interest)
         self.sessions: set[Client] = set()
-        self._subscribing: dict[Key, asyncio.Future[None]] = {}  # failed ones stay while indexed
-        self._unsubscribing: dict[Key, asyncio.Future[None]] = {}
-        self._unsubscribe: set[Key] = set()
         self._dirty: set[Client] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = 0.0
         self._batch_start: float | None = None  # receipt of the oldest state not yet flushed
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._resyncs: set[asyncio.Task[None]] = set()
@@ -160,106 +137,7 @@ class Hub:
         else:
             self.connections.pop(key, None)
 
-    # interest
-
-    async def watch(self, session: Client, app: str, users: Sequence[str]) -> None:
-        """Index ``session`` as a watcher of ``users``; return once their feed is live.
-
-        Raises StoreUnavailable (and leaves nothing indexed) when the broker cannot subscribe.
-        A subscribe waits for an unsubscribe of the same user still in flight: the broker
-        need not apply calls in the order they were made.
-        """
-        new: list[str] = []
-        waits: list[asyncio.Future[None]] = []
-        unsubscribing: set[asyncio.Future[None]] = set()
-        for user in users:
-            key = (app, user)
-            watchers = self.index.get(key)
-            if watchers is None:
-                watchers = self.index[key] = set()
-                if key in self._unsubscribe:
-                    self._unsubscribe.discard(key)  # still subscribed: keep it
-                else:
-                    new.append(user)
-                    if (busy := self._unsubscribing.get(key)) is not None:
-                        unsubscribing.add(busy)
-            watchers.add(session)
-            pending = self._subscribing.get(key)
-            if pending is not None:
-                waits.append(pending)
-        if new:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            for user in new:
-                self._subscribing[(app, user)] = done
-            try:
-                for busy in unsubscribing:
-                    await asyncio.shield(busy)
-                await self.broker.subscribe(app, new)
-            except BaseException as exc:
-                # the keys stay marked failed while indexed, so a session that starts
-                # watching them meanwhile does not take them for subscribed
-                done.set_exception(StoreUnavailable("subscribe failed"))
-                done.exception()  # retrieved: waiters get their own copy below
-                self.unwatch(session, app, users)
-                if not isinstance(exc, Exception):
-                    raise  # cancelled: not the store's failure
-                raise StoreUnavailable("subscribe failed") from exc
-            done.set_result(None)
-            for user in new:
-                if self._subscribing.get((app, user)) is done:
-                    del self._subscribing[(app, user)]
-        for wait in waits:
-            try:
-                await asyncio.shield(wait)
-            except StoreUnavailable:
-                self.unwatch(session, app, users)
-                raise
-
-    def unwatch(self, session: Client, app: str, users: Iterable[str]) -> None:
-        """Remove ``session`` as a watcher; users nobody watches are unsubscribed soon."""
-        for user in users:
-            key = (app, user)
-            watchers = self.index.get(key)
-            if watchers is None:
-                continue
-            watchers.discard(session)
-            if not watchers:
-                del self.index[key]
-                self.latest.pop(key, None)  # no longer kept up to date
-                failed = self._subscribing.get(key)
-                if failed is not None and failed.done():
-                    del self._subscribing[key]  # the next watcher subscribes afresh
-                self._unsubscribe.add(key)
-                self._wake.set()
-
-    async def _unsubscriber(self) -> None:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(self.config.unsubscribe_delay_s)
-            self._wake.clear()
-            keys, self._unsubscribe = self._unsubscribe, set()
-            by_app: dict[str, list[str]] = {}
-            for app, user in keys:
-                by_app.setdefault(app, []).append(user)
-            for app, candidates in by_app.items():
-                # checked right before the call: a user may be watched again by now
-                users = [u for u in candidates if (app, u) not in self.index]
-                if not users:
-                    continue
-                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                for user in users:
-                    self._unsubscribing[(app, user)] = done
-                try:
-                    await self.broker.unsubscribe(app, users)
-                except Exception:
-                    log.warning(
-                        "unsubscribe of %d users failed; the broker drops them on reset", len(users)
-                    )
-                finally:
-                    done.set_result(None)
-                    for user in users:
-                        if self._unsubscribing.get((app, user)) is done:
-                            del self._unsubscribing[(app, user)]
+    # idle clients and counters
 
     async def _reap_idle(self) -> None:
         """Close clients silent for longer than idle_limit_s (they ping every heartbeat_ms).
