@@ -3,8 +3,9 @@
 The package, by role: ``keys`` (the layout: keys, channels, hash tags), ``codec`` (device
 records), ``scripts`` (the Lua of ``lua/``), ``calls`` (apply.lua's packing, applies sharing a
 call, commands by node), ``grace`` (the sweep, its indexes and hints), ``coordination``
-(leases, notes, work sets), ``broker`` (the sharded pub/sub feed), ``wire`` and ``lane``
-(our own RESP over one connection per node).
+(leases, notes, work sets), ``broker`` (the sharded pub/sub feed; ``feeds``: its node
+connections, listener and rerouting; ``routing``: its slot map), ``timeouts`` (connecting and
+reading), ``wire`` and ``lane`` (our own RESP over one connection per node).
 
 Expiry: while a user has an online device the key never expires; once every device is offline
 it expires ``last_seen_retention_s`` after the user's last-seen time (its latest offline
@@ -34,11 +35,10 @@ from gateway.backends.redis.grace import FULL_PASS_S, GraceSweep
 from gateway.backends.redis.keys import grace_index, user_key, user_tag
 from gateway.backends.redis.lane import bulk, command
 from gateway.backends.redis.scripts import GET
+from gateway.backends.redis.timeouts import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S
 from gateway.model import MAX_MARKS, DeviceRecord, PresenceEvent, UserState, state_decoder
 from gateway.types import clock_ms
 
-CONNECT_TIMEOUT_S = 1.0  # webhooks get ~2 s in all (Tencent): fail fast, answer 503
-SOCKET_TIMEOUT_S = 2.0
 _PING = command(b"PING")
 
 
