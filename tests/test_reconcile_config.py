@@ -6,7 +6,7 @@ import pytest
 
 from gateway.config import parse
 from gateway.errors import ConfigError
-from gateway.reconcile.scheduler import targets
+from gateway.reconcile.targets import targets
 
 HEAD = """
 [[apps]]

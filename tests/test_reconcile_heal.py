@@ -21,7 +21,8 @@ from gateway.providers.tencent import TencentConfig
 from gateway.reconcile import rules
 from gateway.reconcile.config import OpenIMReconcile, RongCloudReconcile, TencentReconcile
 from gateway.reconcile.http import HttpSettings
-from gateway.reconcile.scheduler import Target, Worker, make_client
+from gateway.reconcile.targets import Target, make_client
+from gateway.reconcile.worker import Worker
 from gateway.webhooks import clear_checked
 from tests.conftest import Backend, Inbox
 from tests.pullapi import FakeOpenIM, FakePullApi, FakeRongCloud, FakeServer, FakeTencent, serve
@@ -277,7 +278,7 @@ async def test_rate_is_respected(server: FakeServer) -> None:
 
 def test_pass_stats_encode_as_the_api_shows_them() -> None:
     """The stored pass stats carry exactly the fields of the API's answer."""
-    from gateway.reconcile.scheduler import PassStats
+    from gateway.reconcile.stats import PassStats
 
     raw = msgspec.json.encode(PassStats(5, 1, 2, 3))
     assert msgspec.json.decode(raw) == {

@@ -16,7 +16,8 @@ import pytest
 
 from gateway.metrics import Metrics
 from gateway.model import PresenceEvent
-from gateway.reconcile.scheduler import Reconciler, targets
+from gateway.reconcile.scheduler import Reconciler
+from gateway.reconcile.targets import targets
 from tests.conftest import Backend, backend_url
 from tests.nodes import config_text, nodes
 from tests.pullapi import FakeServer, FakeTencent, serve

@@ -15,7 +15,9 @@ from gateway.metrics import Metrics
 from gateway.model import PresenceEvent, state_decoder
 from gateway.providers.standard import StandardConfig
 from gateway.reconcile import rules
-from gateway.reconcile.scheduler import Reconciler, Target, Worker, make_client, targets
+from gateway.reconcile.scheduler import Reconciler
+from gateway.reconcile.targets import Target, make_client, targets
+from gateway.reconcile.worker import Worker
 from tests.conftest import Backend
 from tests.pullapi import FakeOpenIM, FakeRongCloud, FakeServer, FakeTencent, serve
 from tests.test_reconcile_heal import APP, DEVICE, FAST, fake, now_ms, table, user_id
