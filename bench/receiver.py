@@ -35,6 +35,10 @@ class Hit:
     def id(self) -> str:
         return self.headers["webhook-id"]
 
+    @property
+    def user(self) -> str:
+        return str(self.body["data"]["user"])
+
 
 class Receiver:
     """An ASGI app served by uvicorn on a free loopback port."""
@@ -42,8 +46,9 @@ class Receiver:
     def __init__(self, secret: str = SECRET) -> None:
         self.hook = Webhook(secret)
         self.hits: list[Hit] = []
+        self.answers: list[int] = []  # next answers, in order; then ``default``
         self.default = 200
-        self.answer: Callable[[dict[str, Any]], int] | None = None  # by body, 0: the default
+        self.answer: Callable[[dict[str, Any]], int] | None = None  # by body, before answers
         self.released = asyncio.Event()
         self._changed = asyncio.Condition()
         with socket.socket() as s:
@@ -68,7 +73,9 @@ class Receiver:
         except WebhookVerificationError:
             verified = False
         body = json.loads(raw)
-        status = (self.answer(body) if self.answer else 0) or self.default
+        status = self.answer(body) if self.answer else 0
+        if not status:
+            status = self.answers.pop(0) if self.answers else self.default
         async with self._changed:
             self.hits.append(Hit(headers, body, verified, status))
             self._changed.notify_all()
@@ -83,6 +90,10 @@ class Receiver:
         async with asyncio.timeout(within), self._changed:
             await self._changed.wait_for(lambda: check(self.hits))
         return list(self.hits)
+
+    def delivered(self, user: str | None = None) -> list[Hit]:
+        """The hits answered 2xx (of ``user``), in arrival order."""
+        return [h for h in self.hits if 200 <= h.status < 300 and (user is None or h.user == user)]
 
 
 @contextlib.asynccontextmanager
