@@ -1,7 +1,7 @@
 """``python -m bench SCENARIO [--vs PEER ...]``: run a scenario against the gateway (and peers).
 
 Each run (one scenario, one target) prints its table and one JSON line. With peers (``--vs``)
-or ``python -m bench all`` (latency, fanout and conns for the gateway and every peer), a
+or ``python -m bench all`` (every run of ``ALL`` for the gateway and every peer), a
 comparison table and one more JSON line end the output.
 """
 
@@ -26,7 +26,17 @@ from bench.scenarios import DEFAULTS, SCENARIOS
 from bench.target import PEER_NAMES, TARGETS
 
 HARD_LIMIT_S = 600  # whatever happens, a run ends (and cleans up) by then
-ALL = ["latency", "fanout", "conns"]  # what ``python -m bench all`` runs
+# A run: a scenario with some options fixed. ``fanout-single`` is the fanout scenario with
+# Tencent single events, ``fanout`` with RongCloud 100-event batches (its default).
+RUNS: dict[str, tuple[str, dict[str, Any]]] = {
+    "latency": ("latency", {}),
+    "fanout": ("fanout", {"providers": "rongcloud"}),
+    "fanout-single": ("fanout", {"providers": "tencent"}),
+    "conns": ("conns", {}),
+    "ingest": ("ingest", {"providers": "tencent,rongcloud"}),
+}
+# What ``python -m bench all`` runs: every figure of issue 14's "done when" in one go.
+ALL = ["latency", "fanout-single", "fanout", "conns", "ingest"]
 
 
 def _summary(scenario: Callable[..., object]) -> str:
@@ -41,13 +51,15 @@ def _parser() -> argparse.ArgumentParser:
         "multi-process load generator on loopback; prints a table and one JSON line.",
         epilog="scenarios:\n"
         + "\n".join(f"  {name:<13} {_summary(fn)}" for name, fn in SCENARIOS.items())
+        + f"\n  {'fanout-single':<13} fanout with Tencent single events (= fanout --providers "
+        "tencent)"
         + f"\n  {'all':<13} {', '.join(ALL)} for the target and every peer (or those of --vs)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "scenario",
-        choices=[*sorted(SCENARIOS), "all"],
-        help="all: latency, fanout and conns for the target and every peer (or those of --vs)",
+        choices=[*sorted(SCENARIOS), "fanout-single", "all"],
+        help=f"all: {', '.join(ALL)} for the target and every peer (or those of --vs)",
     )
     p.add_argument(
         "--backend",
@@ -65,11 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         "--vs",
         action="append",
         default=[],
-        choices=[*PEER_NAMES, "gateway-sse", "all"],
-        metavar="PEER",
-        help=f"also run a peer, one after the other with the same parameters: "
-        f"{', '.join(PEER_NAMES)} or all (repeatable); gateway-sse: the gateway watched "
-        "through SSE streams",
+        type=peer_list,
+        metavar="PEER[,PEER...]",
+        help=f"also run peers, one after the other with the same parameters: "
+        f"{', '.join(PEER_NAMES)} or all (comma-separated and/or repeated); gateway-sse: the "
+        "gateway watched through SSE streams",
     )
     p.add_argument(
         "--duration",
@@ -156,6 +168,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+VS_CHOICES = [*PEER_NAMES, "gateway-sse", "all"]
+
+
+def peer_list(text: str) -> list[str]:
+    """``--vs ceiling,socketio-node``: the names, each checked (argparse shows the error)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in VS_CHOICES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"invalid peer {', '.join(bad) or repr(text)} (choose from {', '.join(VS_CHOICES)})"
+        )
+    return names
+
+
 def _apply_defaults(args: argparse.Namespace) -> None:
     for key, value in DEFAULTS[args.scenario].items():
         if getattr(args, key, None) is None:
@@ -172,18 +198,28 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
 
 
 def _targets(args: argparse.Namespace) -> list[str]:
-    vs = args.vs or (["all"] if args.scenario == "all" else [])
+    vs = [n for group in args.vs for n in group] or (["all"] if args.scenario == "all" else [])
     names = [args.target]
     for peer in vs:
         names += PEER_NAMES if peer == "all" else [peer]
     return list(dict.fromkeys(names))
 
 
-def run_one(
-    base: argparse.Namespace, cores: Cores, scenario: str, name: str
-) -> dict[str, Any] | None:
-    """One scenario against one target: its table, its JSON line; the record (None: failed)."""
+def run_label(args: argparse.Namespace) -> str:
+    """The run a single-scenario command is, for the comparison: fanout with Tencent single
+    events is ``fanout-single``."""
+    if args.scenario == "fanout" and (args.providers or "").split(",")[0] == "tencent":
+        return "fanout-single"
+    return str(args.scenario)
+
+
+def run_one(base: argparse.Namespace, cores: Cores, run: str, name: str) -> dict[str, Any] | None:
+    """One run against one target: its table, its JSON line; the record (None: failed)."""
     args = copy.copy(base)
+    scenario, fixed = RUNS.get(run, (run, {}))
+    if base.scenario == "all" or run == "fanout-single":  # else the command line's options
+        for key, value in fixed.items():
+            setattr(args, key, value)
     args.scenario = scenario
     args.target = name
     _apply_defaults(args)
@@ -195,7 +231,7 @@ def run_one(
     args.python_target = target.python
     bench = Bench(cores=cores, keep=args.keep)
     signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(HARD_LIMIT_S)
+    signal.alarm(max(HARD_LIMIT_S, int(args.duration or 0) + 300))  # soak: its duration
     started = time.monotonic()
     try:
         result = SCENARIOS[scenario](bench, args, target)
@@ -209,6 +245,7 @@ def run_one(
     params = {k: v for k, v in vars(args).items() if k not in skip}
     record: dict[str, Any] = {
         "scenario": scenario,
+        "run": run,
         "nproc": os.cpu_count(),
         "cores": cores.describe(),
         "target": name,
@@ -235,7 +272,7 @@ def run_one(
         RESULTS.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         who = "" if name == "gateway" else f"{name}-"
-        (RESULTS / f"{scenario}-{who}{args.backend}-{stamp}.json").write_text(line + "\n")
+        (RESULTS / f"{run}-{who}{args.backend}-{stamp}.json").write_text(line + "\n")
     print(line, flush=True)
     return record
 
@@ -243,7 +280,12 @@ def run_one(
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     names = _targets(args)
-    scenarios = ALL if args.scenario == "all" else [args.scenario]
+    if args.scenario == "all":
+        scenarios = ALL
+    elif args.scenario in RUNS and args.scenario != "fanout":
+        scenarios = [args.scenario]
+    else:
+        scenarios = [run_label(args)]
     if args.scenario == "cluster" and names != ["gateway"]:
         print("bench: the cluster scenario runs the gateway only (no --vs)", file=sys.stderr)
         return 2

@@ -2,84 +2,332 @@
 
 Each figure is shown per target; a peer's column also shows the ratio *target ÷ peer*
 (``x1.50``), so with the gateway as the target a ratio above 1 is better for rates and
-worse for latencies and memory (each row says which way is better).
+worse for latencies, memory and CPU per unit (each row says which way is better). A cell
+without a value shows ``-`` and a footnote under the table says why.
+
+Records are keyed by (run, target); a run is a scenario, or ``fanout-single`` (the fanout
+scenario with Tencent single events, ``fanout`` being RongCloud 100-event batches).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 Record = dict[str, Any]
 
+NO_REDIS = "no Redis in this run (--backend memory)"
+NO_GC = "the server exposes no longest-GC-pause metric"
+
 
 @dataclass(frozen=True)
 class Figure:
     key: str
-    scenario: str
+    scenario: str  # the run: a scenario name or fanout-single
     label: str
     get: Callable[[Record], float | None]
-    better: str  # "lower", "higher", or "" (no ratio: a count that must be 0)
+    better: str  # "lower", "higher", or "" (no ratio: a count that must be 0, a context)
     fmt: str = "{:,.2f}"
+    why: str = "not in this run's record"  # the footnote when a value is missing
 
 
-def _gc_ms(r: Record) -> float | None:
-    gc = r.get("gc") or {}
-    value = gc.get("bench_gc_pause_max_seconds")
-    return None if value is None else 1000 * float(value)
+def _gc_ms(key: str) -> Callable[[Record], float | None]:
+    """A GC pause figure in ms; older conns records only have the metrics dict."""
 
-
-def _fanout_cpu(r: Record) -> float | None:
-    steps = [s for s in r["steps"] if s.get("verdict") == "ok"]
-    if not steps:
+    def get(r: Record) -> float | None:
+        if r.get(key) is not None:
+            return float(r[key])
+        if key != "gc_pause_max_ms":
+            return None
+        gc = r.get("gc") or {}
+        for name in ("presence_gc_pause_max_seconds", "bench_gc_pause_max_seconds"):
+            if gc.get(name) is not None:
+                return 1000 * float(gc[name])
         return None
-    best = max(steps, key=lambda s: s["deliveries_per_s"])
-    return float(best["window"]["server_cpu_pct"][0])
+
+    return get
+
+
+def best_step(r: Record) -> Record | None:
+    """The fanout step the result comes from: the passing one with the most deliveries/s."""
+    steps = [s for s in r["steps"] if s.get("verdict") == "ok"]
+    return max(steps, key=lambda s: s["deliveries_per_s"]) if steps else None
+
+
+def _at_best(get: Callable[[Record], float | None]) -> Callable[[Record], float | None]:
+    def at(r: Record) -> float | None:
+        step = best_step(r)
+        return None if step is None else get(step)
+
+    return at
+
+
+def _phase(provider: str, get: Callable[[Record], float | None]) -> Callable[[Record], Any]:
+    def at(r: Record) -> float | None:
+        for phase in r["phases"]:
+            if phase["provider"] == provider:
+                return get(phase)
+        return None
+
+    return at
+
+
+def _cost(key: str) -> Callable[[Record], float | None]:
+    return lambda d: (d.get("cpu_us") or {}).get(key)
+
+
+def _delivery_figures(
+    prefix: str, run: str, title: str, get: Callable[[Record], Record]
+) -> list[Figure]:
+    """Latency, loss, webhook ack and CPU per unit of one delivery step (latency, liveness)."""
+
+    def of(inner: Callable[[Record], float | None]) -> Callable[[Record], float | None]:
+        return lambda r: inner(get(r))
+
+    return [
+        Figure(
+            f"{prefix}_p50_ms",
+            run,
+            f"{title} p50 (ms)",
+            of(lambda d: d["latency_ms"]["p50"]),
+            "lower",
+        ),
+        Figure(
+            f"{prefix}_p99_ms",
+            run,
+            f"{title} p99 (ms)",
+            of(lambda d: d["latency_ms"]["p99"]),
+            "lower",
+        ),
+        Figure(
+            f"{prefix}_lost",
+            run,
+            f"  {title} lost deliveries",
+            of(lambda d: d["lost"]),
+            "",
+            "{:,.0f}",
+        ),
+        Figure(
+            f"{prefix}_webhook_p50_ms",
+            run,
+            "  webhook ack p50 (ms)",
+            of(lambda d: d["webhook_ms"]["p50"]),
+            "lower",
+        ),
+        Figure(
+            f"{prefix}_server_us_per_delivery",
+            run,
+            "  server CPU µs / delivery",
+            of(_cost("server_per_delivery")),
+            "lower",
+            why="no CPU figures in this record (an older bench)",
+        ),
+        Figure(
+            f"{prefix}_server_us_per_webhook",
+            run,
+            "  server CPU µs / webhook",
+            of(_cost("server_per_webhook")),
+            "lower",
+            "{:,.1f}",
+            why="no CPU figures in this record (an older bench)",
+        ),
+        Figure(
+            f"{prefix}_redis_us_per_webhook",
+            run,
+            "  redis CPU µs / webhook",
+            of(_cost("redis_per_webhook")),
+            "lower",
+            "{:,.1f}",
+            why=NO_REDIS,
+        ),
+    ]
+
+
+def _fanout_figures(run: str, title: str, batch: bool) -> list[Figure]:
+    unit = "event" if batch else "webhook (= event)"
+    no_step = "no fanout step passed"
+    return [
+        Figure(
+            f"{run}_max_deliveries_per_s",
+            run,
+            f"{title} max deliveries/s, 0 lost",
+            lambda r: r["max_deliveries_per_s"] or None,
+            "higher",
+            "{:,.0f}",
+            why=no_step,
+        ),
+        Figure(
+            f"{run}_server_cpu_pct",
+            run,
+            "  server CPU % there",
+            _at_best(lambda s: float(s["window"]["server_cpu_pct"][0])),
+            "",
+            "{:,.0f}",
+            why=no_step,
+        ),
+        Figure(
+            f"{run}_webhook_p50_ms",
+            run,
+            "  webhook ack p50 there (ms)",
+            _at_best(lambda s: s["webhook_ms"]["p50"]),
+            "lower",
+            why=no_step,
+        ),
+        Figure(
+            f"{run}_server_us_per_delivery",
+            run,
+            "  server CPU µs / delivery",
+            _at_best(_cost("server_per_delivery")),
+            "lower",
+            why=no_step + " (or an older record)",
+        ),
+        Figure(
+            f"{run}_server_us_per_event",
+            run,
+            f"  server CPU µs / {unit}",
+            _at_best(_cost("server_per_event")),
+            "lower",
+            "{:,.1f}",
+            why=no_step + " (or an older record)",
+        ),
+        Figure(
+            f"{run}_redis_us_per_event",
+            run,
+            f"  redis CPU µs / {unit}",
+            _at_best(_cost("redis_per_event")),
+            "lower",
+            "{:,.1f}",
+            why=f"{no_step}, or {NO_REDIS}",
+        ),
+    ]
+
+
+def _ingest_figures() -> list[Figure]:
+    not_run = "this phase did not run (--providers)"
+
+    def fig(
+        key: str, label: str, provider: str, get: Callable[[Record], Any], *rest: Any
+    ) -> Figure:
+        return Figure(f"ingest_{key}", "ingest", label, _phase(provider, get), *rest)
+
+    return [
+        fig(
+            "tencent_requests_per_s",
+            "ingest Tencent requests/s",
+            "tencent",
+            lambda p: p["requests_per_s"],
+            "higher",
+            "{:,.0f}",
+            not_run,
+        ),
+        fig(
+            "tencent_p50_ms",
+            "  request p50 (ms)",
+            "tencent",
+            lambda p: p["request_ms"]["p50"],
+            "lower",
+            "{:,.2f}",
+            not_run,
+        ),
+        fig(
+            "tencent_server_us_per_request",
+            "  server CPU µs / request",
+            "tencent",
+            _cost("server_per_webhook"),
+            "lower",
+            "{:,.1f}",
+            not_run,
+        ),
+        fig(
+            "tencent_redis_us_per_request",
+            "  redis CPU µs / request",
+            "tencent",
+            _cost("redis_per_webhook"),
+            "lower",
+            "{:,.1f}",
+            f"{not_run}, or {NO_REDIS}",
+        ),
+        fig(
+            "tencent_errors",
+            "  errors (non-2xx)",
+            "tencent",
+            lambda p: p["errors"],
+            "",
+            "{:,.0f}",
+            not_run,
+        ),
+        fig(
+            "rongcloud_events_per_s",
+            "ingest RongCloud events/s (100/batch)",
+            "rongcloud",
+            lambda p: p["events_per_s"],
+            "higher",
+            "{:,.0f}",
+            not_run,
+        ),
+        fig(
+            "rongcloud_p50_ms",
+            "  request p50 (ms)",
+            "rongcloud",
+            lambda p: p["request_ms"]["p50"],
+            "lower",
+            "{:,.2f}",
+            not_run,
+        ),
+        fig(
+            "rongcloud_server_us_per_event",
+            "  server CPU µs / event",
+            "rongcloud",
+            _cost("server_per_event"),
+            "lower",
+            "{:,.2f}",
+            not_run,
+        ),
+        fig(
+            "rongcloud_redis_us_per_event",
+            "  redis CPU µs / event",
+            "rongcloud",
+            _cost("redis_per_event"),
+            "lower",
+            "{:,.2f}",
+            f"{not_run}, or {NO_REDIS}",
+        ),
+        fig(
+            "rongcloud_errors",
+            "  errors (non-2xx)",
+            "rongcloud",
+            lambda p: p["errors"],
+            "",
+            "{:,.0f}",
+            not_run,
+        ),
+    ]
 
 
 FIGURES = [
-    Figure(
-        "latency_p50_ms",
-        "latency",
-        "latency p50 (ms)",
-        lambda r: r["delivery"]["latency_ms"]["p50"],
-        "lower",
-    ),
-    Figure(
-        "latency_p99_ms",
-        "latency",
-        "latency p99 (ms)",
-        lambda r: r["delivery"]["latency_ms"]["p99"],
-        "lower",
-    ),
-    Figure(
-        "latency_lost",
-        "latency",
-        "latency lost deliveries",
-        lambda r: r["delivery"]["lost"],
-        "",
-        "{:,.0f}",
-    ),
+    *_delivery_figures("latency", "latency", "latency", lambda r: r["delivery"]),
     Figure(
         "latency_gc_max_pause_ms",
         "latency",
         "  longest GC pause (ms)",
-        lambda r: r.get("gc_pause_max_ms"),
+        _gc_ms("gc_pause_max_ms"),
         "lower",
         "{:,.1f}",
+        NO_GC,
     ),
     Figure(
-        "fanout_max_deliveries_per_s",
-        "fanout",
-        "fanout max deliveries/s, 0 lost",
-        lambda r: r["max_deliveries_per_s"],
+        "latency_setup_per_s",
+        "latency",
+        "  setup rate (/s)",
+        lambda r: r["setup"]["per_second"],
         "higher",
         "{:,.0f}",
     ),
-    Figure("fanout_server_cpu_pct", "fanout", "  server CPU % there", _fanout_cpu, "", "{:,.0f}"),
+    *_fanout_figures("fanout-single", "fanout single events", batch=False),
+    *_fanout_figures("fanout", "fanout 100-event batches", batch=True),
     Figure(
         "conns_rss_per_conn_kb",
         "conns",
@@ -91,13 +339,50 @@ FIGURES = [
     Figure(
         "conns_setup_per_s",
         "conns",
-        "conns setup rate (/s)",
+        "  conns setup rate (/s)",
         lambda r: r["setup"]["per_second"],
         "higher",
         "{:,.0f}",
     ),
+    Figure(
+        "conns_server_us_per_conn",
+        "conns",
+        "  server CPU µs / connection set up",
+        lambda r: r["setup"].get("server_us_per_conn"),
+        "lower",
+        "{:,.0f}",
+        "no CPU figures in this record (an older bench)",
+    ),
     Figure("conns_connected", "conns", "  connections", lambda r: r["connections"], "", "{:,.0f}"),
-    Figure("conns_gc_max_pause_ms", "conns", "  longest GC pause (ms)", _gc_ms, "lower", "{:,.1f}"),
+    Figure(
+        "conns_gc_setup_pause_ms",
+        "conns",
+        "  conns GC pause during setup (ms)",
+        _gc_ms("gc_pause_setup_ms"),
+        "lower",
+        "{:,.1f}",
+        NO_GC,
+    ),
+    Figure(
+        "conns_gc_max_pause_ms",
+        "conns",
+        "  longest GC pause, whole run (ms)",
+        _gc_ms("gc_pause_max_ms"),
+        "lower",
+        "{:,.1f}",
+        NO_GC,
+    ),
+    Figure(
+        "conns_idle_cpu_pct",
+        "conns",
+        "  idle server CPU %",
+        lambda r: r["idle_cpu_pct"],
+        "lower",
+        "{:,.1f}",
+    ),
+    # the liveness check: 3 s at 20 events/s, too little CPU for a per-unit figure
+    *_delivery_figures("conns_liveness", "conns", "conns liveness", lambda r: r["liveness"])[:4],
+    *_ingest_figures(),
 ]
 
 
@@ -115,29 +400,42 @@ def _flags(r: Record) -> str:
 
 
 def compare(
-    records: dict[tuple[str, str], Record | None], names: list[str], scenarios: list[str]
+    records: Mapping[tuple[str, str], Record | None], names: list[str], scenarios: list[str]
 ) -> tuple[list[str], dict[str, Any]]:
-    """The table lines and the JSON summary; ``names[0]`` is the target, the rest its peers."""
+    """The table lines and the JSON summary; ``names[0]`` is the target, the rest its peers;
+    ``scenarios`` are the runs (a scenario name, or ``fanout-single``)."""
     base = names[0]
     figures: dict[str, dict[str, float | None]] = {}
     ratios: dict[str, dict[str, float | None]] = {}
     cells: dict[str, dict[str, str]] = {}
-    for fig in FIGURES:
-        if fig.scenario not in scenarios:
-            continue
+    notes: dict[str, list[str]] = {}  # why -> the figure labels whose cells show "-"
+    shown = [f for f in FIGURES if f.scenario in scenarios]
+    for fig in shown:
         figures[fig.key] = {}
         cells[fig.key] = {}
+        missing: list[str] = []
         for name in names:
             rec = records.get((fig.scenario, name))
             value: float | None = None
             if rec is not None:
                 try:
-                    value = fig.get(rec)
-                except (KeyError, IndexError, TypeError):
+                    got = fig.get(rec)
+                    value = None if got is None else float(got)
+                except (KeyError, IndexError, TypeError, ValueError):
                     value = None
             figures[fig.key][name] = value
-            text = "failed" if rec is None else ("-" if value is None else fig.fmt.format(value))
+            if rec is None:
+                text = "failed"
+            elif value is None:
+                text = "-"
+                missing.append(name)
+            else:
+                text = fig.fmt.format(value)
             cells[fig.key][name] = text + (_flags(rec) if rec is not None else "")
+        if missing:
+            notes.setdefault(fig.why, []).append(
+                f"{fig.scenario}: {fig.label.strip()} ({', '.join(missing)})"
+            )
         mine = figures[fig.key][base]
         ratios[fig.key] = {}
         for name in names[1:]:
@@ -147,23 +445,29 @@ def compare(
             if ratio is not None:
                 cells[fig.key][name] += f" (x{ratio:.2f})"
     nproc = os.cpu_count()
-    width = max(len(f.label) for f in FIGURES) + 14
+    labels = {f.key: f.label + (f" ({f.better} is better)" if f.better else "") for f in shown}
+    width = max((len(v) for v in labels.values()), default=10) + 2
     cols = [max(16, len(n) + 2, *(len(cells[k][n]) + 2 for k in cells)) for n in names]
     lines = [
         "",
         f"comparison, nproc {nproc}: (xN) = {base} / peer; B = load generator was the "
         "bottleneck, g = fanout generator-bound in bursts, + = no fanout step failed (both: a "
-        "lower bound), * = other load on the machine",
+        "lower bound), * = other load on the machine (> 15 % of a core: repeat the run)",
         f"  {'figure':<{width}}" + "".join(f"{n:>{c}}" for n, c in zip(names, cols, strict=True)),
     ]
-    for fig in FIGURES:
-        if fig.key not in cells:
-            continue
-        label = fig.label + (f" ({fig.better} is better)" if fig.better else "")
+    for fig in shown:
         lines.append(
-            f"  {label:<{width}}"
+            f"  {labels[fig.key]:<{width}}"
             + "".join(f"{cells[fig.key][n]:>{c}}" for n, c in zip(names, cols, strict=True))
         )
+    lines.append(
+        "  CPU µs / unit: all of the server's CPU (whole process tree, all threads) over the "
+        "measured window (with watchers: sending + drain), divided by the deliveries, the "
+        "webhooks or the events; redis: the Redis server's CPU the same way (the gateway's Lua "
+        "runs there)"
+    )
+    for why, where in notes.items():
+        lines.append(f"  - : {why}: {'; '.join(where)}")
     summary = {
         "comparison": True,
         "nproc": nproc,

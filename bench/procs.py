@@ -92,15 +92,74 @@ def pin(pid: int, cores: frozenset[int]) -> None:
         os.sched_setaffinity(pid, cores)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (0 when it is gone)."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (None when it is gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
     except OSError:
-        return 0.0
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return None
+    return raw[raw.rindex(b")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, all its threads (0 when it is gone)."""
+    fields = _stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+# Kernels built without CONFIG_PROC_CHILDREN (and gVisor) have no task/*/children files.
+_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _children(pid: int) -> list[int]:
+    """The live children of ``pid``, from ``/proc/<pid>/task/*/children``."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            continue  # the thread ended meanwhile
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, theirs, ...), from /proc."""
+    kids: dict[int, list[int]] = {}
+    if not _CHILDREN_FILES:  # one pass over every /proc/<pid>/stat for the parent links
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                fields = _stat_fields(int(name))
+                if fields is not None:
+                    kids.setdefault(int(fields[1]), []).append(int(name))
+
+    def children(p: int) -> list[int]:
+        return _children(p) if _CHILDREN_FILES else kids.get(p, [])
+
+    out: list[int] = []
+    todo = list(children(pid))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo += children(child)
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and every process below it (``serve --workers N``: the supervisor
+    and its workers), all threads; children already reaped count through their parent's
+    cutime + cstime, so a worker that exits mid-window keeps its share."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        fields = _stat_fields(p)
+        if fields is not None:
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+    return total
 
 
 def rss_bytes(pid: int) -> int:
@@ -122,25 +181,33 @@ def machine_busy_seconds() -> float:
 
 
 class CpuMeter:
-    """CPU% of a set of pids between ``start()`` and ``stop()`` (100 = one core)."""
+    """CPU% of a set of pids between ``start()`` and ``stop()`` (100 = one core).
 
-    def __init__(self, pids: Sequence[int]) -> None:
+    ``tree``: each pid counts with every process below it (the servers under test; not the
+    generator, whose parent is the bench process that also started the servers).
+    """
+
+    def __init__(self, pids: Sequence[int], tree: bool = False) -> None:
         self.pids = list(pids)
+        self._read = tree_cpu_seconds if tree else cpu_seconds
         self._t0 = 0.0
         self._c0: list[float] = []
         self.percent: list[float] = [0.0] * len(self.pids)
+        self.seconds: list[float] = [0.0] * len(self.pids)  # CPU seconds used, per pid
         self.wall = 0.0
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        self._c0 = [cpu_seconds(p) for p in self.pids]
+        self._c0 = [self._read(p) for p in self.pids]
+
+    def used(self) -> list[float]:
+        """CPU seconds each pid used since ``start()`` (the meter goes on)."""
+        return [self._read(p) - c0 for p, c0 in zip(self.pids, self._c0, strict=True)]
 
     def stop(self) -> list[float]:
         self.wall = max(time.monotonic() - self._t0, 1e-9)
-        self.percent = [
-            100.0 * (cpu_seconds(p) - c0) / self.wall
-            for p, c0 in zip(self.pids, self._c0, strict=True)
-        ]
+        self.seconds = self.used()
+        self.percent = [100.0 * s / self.wall for s in self.seconds]
         return self.percent
 
 

@@ -104,11 +104,16 @@ class Bench:
 
 
 class Window:
-    """CPU% of servers, Redis and the generator over one measured interval."""
+    """CPU% of servers, Redis and the generator over one measured interval.
+
+    A server counts with its whole process tree (``--workers N``: the supervisor and its
+    workers), all threads. ``stop()`` also gives the CPU seconds, the base of the µs per
+    delivery / webhook / event figures (``cpu_us``).
+    """
 
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
-        self.servers = CpuMeter([s.pid for s in bench.servers])
+        self.servers = CpuMeter([s.pid for s in bench.servers], tree=True)
         self.redis = CpuMeter(bench.redis.pids if bench.redis else [])
         self.gen = CpuMeter(bench.generator_pids)
         self._busy0 = 0.0
@@ -120,6 +125,14 @@ class Window:
             meter.start()
         self._busy0 = machine_busy_seconds()
         return self
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds the servers (summed) and Redis used since ``start()``, the window going
+        on: read after a drain, so that deliveries sent after the last request count too."""
+        return {
+            "server_cpu_s": round(sum(self.servers.used()), 4),
+            "redis_cpu_s": round(sum(self.redis.used()), 4),
+        }
 
     def stop(self) -> dict[str, Any]:
         """Stop and return CPU/RSS figures; warn when the generator was the bottleneck."""
@@ -146,6 +159,9 @@ class Window:
                 "not pinned (fewer than 2 cores): server and generator share the CPU"
             )
         return {
+            "wall_s": round(self.gen.wall, 3),
+            "server_cpu_s": round(sum(self.servers.seconds), 4),
+            "redis_cpu_s": round(sum(self.redis.seconds), 4),
             "server_cpu_pct": [round(p, 1) for p in servers],
             "redis_cpu_pct": round(sum(redis), 1),
             "generator_cpu_pct": round(total, 1),

@@ -33,7 +33,7 @@ class Result:
         self.lines += ["", title]
 
     def row(self, label: str, value: object) -> None:
-        self.lines.append(f"  {label:<34} {value}")
+        self.lines.append(f"  {label:<40} {value}")
 
 
 def ms(x: float) -> str:
@@ -42,6 +42,48 @@ def ms(x: float) -> str:
 
 def mb(x: float) -> str:
     return f"{x:.1f} MB"
+
+
+def per_us(seconds: float | None, count: float) -> float | None:
+    """``seconds`` of CPU per item in µs (None: nothing to divide or not measured)."""
+    if seconds is None or count <= 0:
+        return None
+    return round(1e6 * seconds / count, 2)
+
+
+def cpu_costs(
+    cpu: dict[str, float], deliveries: float, webhooks: float, events: float, redis: bool
+) -> dict[str, float | None]:
+    """Server (whole process tree) and Redis CPU µs per delivery, per webhook, per event.
+
+    All of the server's CPU over the window is divided by each count in turn: it is one cost
+    (webhooks in, fan-out out) seen per unit, not a split. Redis: None without Redis.
+    """
+    srv, rds = cpu["server_cpu_s"], cpu["redis_cpu_s"] if redis else None
+    return {
+        "server_per_delivery": per_us(srv, deliveries),
+        "server_per_webhook": per_us(srv, webhooks),
+        "server_per_event": per_us(srv, events),
+        "redis_per_delivery": per_us(rds, deliveries),
+        "redis_per_webhook": per_us(rds, webhooks),
+        "redis_per_event": per_us(rds, events),
+    }
+
+
+def us(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.1f} µs"
+
+
+def cost_rows(res: Result, c: dict[str, float | None], batch: bool, deliveries: bool) -> None:
+    """The CPU-per-unit rows: per delivery (when there are any), per webhook, per event."""
+    parts = [("delivery", "per_delivery")] if deliveries else []
+    parts.append(("webhook", "per_webhook"))
+    if batch:
+        parts.append(("event", "per_event"))
+    names = ", ".join(n for n, _ in parts)
+    res.row(f"server CPU per {names}", " / ".join(us(c[f"server_{k}"]) for _, k in parts))
+    if c["redis_per_webhook"] is not None:
+        res.row(f"redis CPU per {names}", " / ".join(us(c[f"redis_{k}"]) for _, k in parts))
 
 
 def window_rows(res: Result, win: dict[str, Any], names: list[str]) -> None:
@@ -175,6 +217,7 @@ def connect_all(
         "failed": dict(failed),
         "seconds": round(seconds, 3),
         "per_second": round(ok / seconds, 1) if seconds > 0 else 0.0,
+        "server_us_per_conn": per_us(win["server_cpu_s"], ok),
         "window": win,
     }
 
@@ -247,6 +290,9 @@ def deliver(
     last_send = max(r["last_send_ns"] for r in sent)
     win = window.stop()
     newest, quiet = wait_drained(watchers, last_send, k0, k0 + count)
+    # CPU through the drain: deliveries that go out after the last request count too (the
+    # drain's idle tail, >= QUIET_NS, adds the idle cost of the open connections).
+    cpu = window.used()
     reps = watchers.call("report", k_lo=k0, k_hi=k0 + count)
     bench.check_alive()
     summary = prof.summary() if prof else None
@@ -306,6 +352,8 @@ def deliver(
         "closes": {str(c): n for c, n in closes.items()},
         "client_errors": dict(errors),
         "open_connections": sum(r["open"] for r in reps),
+        "cpu_through_drain": cpu,
+        "cpu_us": cpu_costs(cpu, expected - lost, acked, acked * per, bench.redis is not None),
         "window": win,
         "profile": summary,
     }
@@ -330,6 +378,7 @@ def delivery_rows(res: Result, d: dict[str, Any]) -> None:
     res.row("  LOST", d["lost"])
     res.row("deliveries / s", f"{d['deliveries_per_s']:,.0f}")
     res.row("drain after last send", f"{d['drain_ms']} ms" + ("" if d["drained"] else " (!)"))
+    cost_rows(res, d["cpu_us"], d["events_per_request"] > 1, True)
     if d["v_regressions"] or d["stale"] or d["unmatched"]:
         res.row(
             "v regressions / stale / unmatched",
@@ -358,9 +407,17 @@ def setup_rows(res: Result, setup: dict[str, Any]) -> None:
         f"{'+'.join(f'{p:.0f}%' for p in win['server_cpu_pct'])} / "
         f"{win['generator_cpu_pct']:.0f}%{flag}",
     )
+    res.row("  server CPU per connection set up", us(setup["server_us_per_conn"]))
+
+
+# The longest collector pause since start, in seconds: the gateway's gauge, the peers' one.
+GC_PAUSE_METRICS = ("presence_gc_pause_max_seconds", "bench_gc_pause_max_seconds")
 
 
 def gc_pause_ms(server: Server) -> float | None:
-    """The longest GC pause the server reports (the peers do), in ms; None if it does not."""
-    value = metrics(server.webhook_port).get("bench_gc_pause_max_seconds")
-    return None if value is None else round(1000 * value, 1)
+    """The longest GC pause the server reports so far, in ms; None if it exposes none."""
+    got = metrics(server.webhook_port)
+    for name in GC_PAUSE_METRICS:
+        if name in got:
+            return round(1000 * got[name], 1)
+    return None

@@ -12,6 +12,7 @@ from bench.scenarios.common import (
     connect_all,
     deliver,
     delivery_rows,
+    gc_pause_ms,
     mb,
     sender_pool,
     setup_rows,
@@ -53,7 +54,11 @@ def conns(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
     before = _settled_rss(server.pid)
     specs = watch_specs(n, watch, users, args.seed)
     watchers = watcher_pool(bench, args, target, server, plan, shared, specs)
+    pause_before = gc_pause_ms(server)
     setup = connect_all(bench, watchers, args.connect_concurrency, timeout=60)
+    # Read right after the setup: the longest pause so far, while the connections were being
+    # set up (or before, when it equals the reading before the setup).
+    pause_setup = gc_pause_ms(server)
     time.sleep(2.0)
     after = _settled_rss(server.pid)
     per_conn = (after - before) / max(setup["connected"], 1)
@@ -61,6 +66,13 @@ def conns(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
     setup_rows(res, setup)
     res.row(f"{server.name} RSS before / after", f"{mb(before / 2**20)} / {mb(after / 2**20)}")
     res.row("RSS per connection", f"{per_conn / 1024:.1f} KB")
+    res.row(
+        "longest GC pause during setup",
+        "not exposed by the server"
+        if pause_setup is None
+        else f"{pause_setup:.1f} ms (longest since start, read right after the setup; "
+        f"before it: {pause_before if pause_before is not None else '-'} ms)",
+    )
     window = Window(bench).start()
     time.sleep(args.duration)
     idle = window.stop()
@@ -78,9 +90,11 @@ def conns(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
     res.row("GC pauses", gc or "not exposed by the server (skipped)")
     senders = sender_pool(bench, args, target, server, plan, shared, 1)
     live = deliver(bench, senders, watchers, 0, args.rate, 3.0, args.http_conns)
+    pause_end = gc_pause_ms(server)  # the whole run's, liveness check included
     res.section(f"liveness at {n} connections: {args.rate:g} events/s for 3 s")
     delivery_rows(res, live)
     window_rows(res, live["window"], [server.name])
+    res.row("longest GC pause, whole run", "-" if pause_end is None else f"{pause_end:.1f} ms")
     res.data = {
         "connections": setup["connected"],
         "setup": setup,
@@ -90,6 +104,9 @@ def conns(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
         "idle_cpu_pct": idle["server_cpu_pct"][0],
         "still_open": still_open,
         "gc": gc or None,
+        "gc_pause_before_setup_ms": pause_before,
+        "gc_pause_setup_ms": pause_setup,
+        "gc_pause_max_ms": pause_end,
         "liveness": live,
     }
     return res

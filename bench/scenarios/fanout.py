@@ -13,6 +13,7 @@ from bench.runner import Bench, watch_specs
 from bench.scenarios.common import (
     Result,
     connect_all,
+    cost_rows,
     deliver,
     ms,
     profile_rows,
@@ -88,7 +89,8 @@ def fanout(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
     setup_rows(res, setup)
     res.lines.append(
         f"  {'events/s':>9} {'deliv/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'lost':>6} {'CPU srv':>7} {'CPU gen':>8} {'other':>6}  verdict"
+        f"{'max ms':>8} {'lost':>6} {'CPU srv':>7} {'µs/del':>7} {'CPU gen':>8} {'other':>6}  "
+        "verdict"
     )
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -125,6 +127,7 @@ def fanout(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
         res.lines.append(
             f"  {rate:>9.0f} {d['deliveries_per_s']:>9,.0f} {lat['p50']:>8.2f} {lat['p99']:>8.2f} "
             f"{lat['max']:>8.1f} {d['lost']:>6} {win['server_cpu_pct'][0]:>6.0f}% "
+            f"{d['cpu_us']['server_per_delivery'] or 0:>7.2f} "
             f"{win['generator_cpu_pct']:>7.0f}% {win['foreign_cpu_pct']:>5.0f}%  {d['verdict']}"
         )
         if d["verdict"] == "ok":
@@ -184,6 +187,9 @@ def fanout(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
         )
         lat = best["latency_ms"]
         res.row("  latency p50 / p99 there", f"{ms(lat['p50'])} / {ms(lat['p99'])}")
+        wh = best["webhook_ms"]
+        res.row("  webhook request p50 / p99 there", f"{ms(wh['p50'])} / {ms(wh['p99'])}")
+        cost_rows(res, best["cpu_us"], provider != "tencent", True)
         window_rows(res, best["window"], [server.name])
         profile_rows(res, best["profile"])
     else:

@@ -10,6 +10,8 @@ from bench.events import Plan
 from bench.runner import Bench, Window, merge_hists, sleep_until_ns
 from bench.scenarios.common import (
     Result,
+    cost_rows,
+    cpu_costs,
     ms,
     profile_rows,
     profiler,
@@ -86,6 +88,8 @@ def ingest(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
             "errors": requests - ok,
             "error_codes": {str(c): k for c, k in codes.items() if not 200 <= c < 300},
             "request_ms": hist.summary_ms(),
+            # closed loop: the window is the measured interval, no drain to wait for
+            "cpu_us": cpu_costs(win, 0, requests, ok * per, bench.redis is not None),
             "window": win,
             "profile": profile,
         }
@@ -106,6 +110,7 @@ def ingest(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
             "request p50 / p99 / max", f"{ms(lat['p50'])} / {ms(lat['p99'])} / {ms(lat['max'])}"
         )
         res.row("errors (non-2xx)", f"{phase['errors']} {phase['error_codes'] or ''}".strip())
+        cost_rows(res, phase["cpu_us"], per > 1, False)
         window_rows(res, win, [server.name])
         profile_rows(res, profile)
     res.data = {"phases": phases}
