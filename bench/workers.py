@@ -32,6 +32,7 @@ from typing import Any
 
 import uvloop
 
+from bench.churn import Churner
 from bench.dialects import CONNECTIONS, DIALECTS, WatcherSession
 from bench.events import BATCH, Plan, RongCloudRequests, TencentRequests
 from bench.hist import Histogram
@@ -470,6 +471,7 @@ class Watchers:
         self.use_ping = ping
         self.heartbeat_ms = 0
         self._pinger: asyncio.Task[None] | None = None
+        self.churner: Churner | None = None  # soak: bench.churn replaces connections
         self._reset(0, 0)
         self.closes: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
@@ -540,6 +542,8 @@ class Watchers:
             sess.waiter.set_exception(BenchError(f"error {code}"))
 
     def closed(self, sess: WatcherSession, code: int) -> None:
+        if self.churner is not None and self.churner.retired(sess, code):
+            return  # a close the churn asked for: counted by the churner
         self.closes[code] += 1
         if sess.waiter is not None and not sess.waiter.done():
             sess.waiter.set_exception(BenchError(f"closed with {code} during setup"))
@@ -681,6 +685,18 @@ class Watchers:
             "errors": dict(self.errors),
             "open": sum(1 for s in self.sessions if s.ws is not None and s.ready_ns),
         }
+
+    async def churn_start(self, rate: float) -> None:
+        """Replace ``rate`` connections/s from now on, in the background (``bench.churn``)."""
+        self.churner = Churner(self, rate)
+
+    async def churn_stats(self) -> dict[str, Any]:
+        assert self.churner is not None
+        return self.churner.stats()
+
+    async def churn_stop(self) -> dict[str, Any]:
+        assert self.churner is not None
+        return await self.churner.stop()
 
     async def count_open(self) -> int:
         return sum(1 for s in self.sessions if s.ws is not None and s.ready_ns)

@@ -16,6 +16,7 @@ from bench.scenarios.fanout import fanout
 from bench.scenarios.heal import heal
 from bench.scenarios.ingest import ingest
 from bench.scenarios.latency import latency
+from bench.scenarios.soak import soak
 from bench.scenarios.webhooks_out import webhooks_out
 from bench.target import Target
 
@@ -27,6 +28,7 @@ SCENARIOS: dict[str, Callable[[Bench, argparse.Namespace, Target], Result]] = {
     "cluster": cluster,
     "heal": heal,
     "webhooks-out": webhooks_out,
+    "soak": soak,
 }
 
 # Per-scenario defaults for options left unset on the command line.
@@ -47,4 +49,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "heal": {"duration": 40.0, "users": 2000, "rate": 100.0},
     # webhooks-out: --users logins queued (throughput), then --rate logins/s for --duration s
     "webhooks-out": {"duration": 5.0, "users": 3000, "rate": 100.0},
+    # soak: --duration cut into windows of window_seconds (at least 3), churn connections/s
+    # replaced; watch 10 as conns (RSS per connection comparable; 20 watchers per event)
+    "soak": {
+        "duration": 1800.0,
+        "users": 5000,
+        "conns": 10_000,
+        "watch": 10,
+        "rate": 200.0,
+        "churn": 20.0,
+        "window_seconds": 300.0,
+    },
 }
