@@ -171,6 +171,12 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def tree_rss_bytes(pid: int) -> int:
+    """RSS of ``pid`` plus every process below it (``serve --workers N``: the supervisor and
+    its workers; pages they share are counted once per process, as RSS does)."""
+    return rss_bytes(pid) + sum(rss_bytes(p) for p in descendants(pid))
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent busy since boot (``/proc/stat``: everything but idle, iowait)."""
     with open("/proc/stat", "rb") as f:
@@ -212,21 +218,23 @@ class CpuMeter:
 
 
 class RssPeak(threading.Thread):
-    """Samples a pid's RSS every ``interval`` seconds and keeps the peak."""
+    """Samples a pid's RSS (``tree``: with its descendants') every ``interval`` seconds and
+    keeps the peak."""
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    def __init__(self, pid: int, interval: float = 0.25, tree: bool = False) -> None:
         super().__init__(daemon=True, name=f"rss-{pid}")
         self.pid = pid
         self.interval = interval
-        self.peak = rss_bytes(pid)
+        self._read = tree_rss_bytes if tree else rss_bytes
+        self.peak = self._read(pid)
         self._stop = threading.Event()
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_bytes(self.pid))
+            self.peak = max(self.peak, self._read(self.pid))
 
     def reset(self) -> None:
-        self.peak = rss_bytes(self.pid)
+        self.peak = self._read(self.pid)
 
     def close(self) -> None:
         self._stop.set()

@@ -24,7 +24,7 @@ from bench.procs import (
     machine_busy_seconds,
     pin,
     raise_nofile,
-    rss_bytes,
+    tree_rss_bytes,
 )
 from bench.target import Server, Target
 from bench.workers import Pool
@@ -60,7 +60,7 @@ class Bench:
     def start_servers(self, target: Target, count: int = 1) -> list[Server]:
         self.servers = target.start(self.workdir, self.redis, self.cores, count)
         for server in self.servers:
-            peak = RssPeak(server.pid)
+            peak = RssPeak(server.pid, tree=True)
             peak.start()
             self.rss[server.pid] = peak
         return self.servers
@@ -169,7 +169,7 @@ class Window:
             "generator_capacity_pct": capacity,
             "generator_bottleneck": bottleneck,
             "foreign_cpu_pct": round(foreign, 1),
-            "server_rss_mb": [round(rss_bytes(s.pid) / 2**20, 1) for s in self.bench.servers],
+            "server_rss_mb": [round(tree_rss_bytes(s.pid) / 2**20, 1) for s in self.bench.servers],
             "server_rss_peak_mb": [
                 round(self.bench.rss[s.pid].peak / 2**20, 1) for s in self.bench.servers
             ],

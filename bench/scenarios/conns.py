@@ -113,8 +113,9 @@ def conns(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
 
 
 def _settled_rss(pid: int) -> int:
-    """RSS once it stopped moving (three readings 0.2 s apart within 1 %), at most 3 s."""
-    from bench.procs import rss_bytes
+    """RSS (with the worker processes of ``--workers N``) once it stopped moving (three
+    readings 0.2 s apart within 1 %), at most 3 s."""
+    from bench.procs import tree_rss_bytes as rss_bytes
 
     readings = [rss_bytes(pid)]
     deadline = time.monotonic() + 3
