@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.scenarios.soak import CHART_ROWS, chart, p99_verdict, slope_mb_per_h, windows
+from bench.scenarios.soak import (
+    CHART_ROWS,
+    _columns,
+    chart,
+    p99_verdict,
+    slope_mb_per_h,
+    windows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +51,16 @@ def test_chart_fills_columns_and_marks_the_limit_row() -> None:
     assert all(c[1] == "#" for c in cells)  # the full column
     assert [c[0] for c in cells] == [" ", " ", "-", " ", " ", "#"]  # the mark in [1.5, 2)
     assert "1.6" in rows[2] and "3.0" in rows[0] and "0.0" in rows[-1]
+
+
+def test_chart_columns_without_a_sample_repeat_the_one_before() -> None:
+    """RSS columns between 1 s samples show the last sample (never 0 MB); p99 columns show
+    their window's p99; the axis marks each window's end."""
+    rss = [(0.5, 100 * 2**20), (10.0, 110 * 2**20)]
+    cols, p99s, axis = _columns(1.0, 13.0, [1.0, 7.0, 13.0], rss, [2.0, 3.0])
+    assert min(cols) == 100.0 and cols[-1] == 110.0
+    assert p99s[0] == 2.0 and p99s[-1] == 3.0
+    assert axis.count("+") == 2 and axis.endswith("+")
 
 
 def test_tiny_soak_loses_nothing_through_churn() -> None:

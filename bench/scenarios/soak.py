@@ -139,13 +139,14 @@ def _columns(
     rss_cols: list[float] = []
     p99_cols: list[float] = []
     axis = []
-    last = 0.0
+    before = [x for t, x in rss if t < t0] or [x for _, x in rss[:1]] or [0]
+    last = before[-1] / 2**20  # a column without a sample repeats the one before
     for c in range(cols):
         a, b = t0 + c * dt, t0 + (c + 1) * dt
         inside = [x for t, x in rss if a <= t < b]
         last = max(inside) / 2**20 if inside else last
         rss_cols.append(last)
-        w = sum(1 for e in bounds[:-1] if e <= (a + b) / 2)
+        w = sum(1 for e in bounds[1:-1] if e <= (a + b) / 2)  # bounds[0]: the start
         p99_cols.append(p99s[min(w, len(p99s) - 1)])
         axis.append("+" if any(a < e <= b for e in bounds) else "-")
     return rss_cols, p99_cols, "".join(axis)
