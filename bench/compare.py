@@ -386,6 +386,63 @@ FIGURES = [
 ]
 
 
+# Issue 14's "done when", figure by figure: (figure key, name, what it must be, bound or peer,
+# factor). A peer name: the target's figure against that peer's times ``factor``; a number: a
+# bound.
+GOALS: list[tuple[str, str, str, str | float, float]] = [
+    ("latency_p50_ms", "latency p50", "<=", "ceiling", 1.0),
+    ("latency_p99_ms", "latency p99", "<=", "ceiling", 1.0),
+    ("fanout-single_max_deliveries_per_s", "fanout single, 0 lost", ">=", "ceiling", 1.0),
+    ("fanout_max_deliveries_per_s", "fanout batched, 0 lost", ">=", "ceiling", 3.0),
+    ("conns_rss_per_conn_kb", "idle RSS per connection", "<=", "ceiling", 1.0),
+    ("conns_gc_setup_pause_ms", "GC pause during conns setup (ms)", "<=", 50.0, 1.0),
+    ("ingest_tencent_server_us_per_request", "Tencent µs per request", "<=", 150.0, 1.0),
+    ("ingest_rongcloud_server_us_per_event", "RongCloud µs per event", "<=", 15.0, 1.0),
+]
+
+
+def goal_lines(
+    records: Mapping[tuple[str, str], Record | None],
+    figures: dict[str, dict[str, float | None]],
+    base: str,
+) -> list[str]:
+    """One line per goal whose figure is in the table: met / NOT met, and whether a run it
+    rests on was flagged (other load, a bottleneck: then it does not count)."""
+    runs = {f.key: f.scenario for f in FIGURES}
+    lines: list[str] = []
+    for key, name, op, against, factor in GOALS:
+        if key not in figures:
+            continue
+        mine = figures[key].get(base)
+        if isinstance(against, str):
+            if against not in figures[key]:
+                continue
+            theirs = figures[key][against]
+            bound = None if theirs is None else theirs * factor
+            what = f"{against}'s" + (f" x {factor:g}" if factor != 1 else "")
+            who = [base, against]
+        else:
+            bound, what, who = against, f"{against:g}", [base]
+        if mine is None or bound is None:
+            verdict = "not measured"
+        else:
+            met = mine <= bound if op == "<=" else mine >= bound
+            verdict = ("met" if met else "NOT MET") + f" ({mine:,.2f} vs {bound:,.2f})"
+        flags = "".join(_flags(r) for n in who if (r := records.get((runs[key], n))) is not None)
+        bad = "".join(dict.fromkeys(c for c in flags if c in "*B"))
+        bounds = "".join(dict.fromkeys(c for c in flags if c in "g+"))
+        if bad:
+            verdict += f" [flagged {bad}: does not count, repeat the run]"
+        elif bounds:
+            verdict += f" [{bounds}: a lower bound]"
+        if key == "conns_gc_setup_pause_ms":
+            conns = records.get(("conns", base))
+            if conns is not None and conns.get("connections", 0) < 19_000:
+                verdict += f" [at {conns['connections']:,} connections, not 19,000]"
+        lines.append(f"  {name} {op} {what}: {verdict}")
+    return ["", "issue 14 done-when:", *lines] if lines else []
+
+
 def _flags(r: Record) -> str:
     flags = ""
     if r.get("generator_bottleneck"):
@@ -468,6 +525,8 @@ def compare(
     )
     for why, where in notes.items():
         lines.append(f"  - : {why}: {'; '.join(where)}")
+    if base == "gateway":
+        lines += goal_lines(records, figures, base)
     summary = {
         "comparison": True,
         "nproc": nproc,

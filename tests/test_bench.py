@@ -87,6 +87,21 @@ def test_comparison_shows_peer_cpu_ratios_and_explains_dashes() -> None:
     assert any(line.strip().startswith("- :") and "ceiling" in line for line in lines)
     assert summary["ratios"]["ingest_tencent_server_us_per_request"]["ceiling"] == 2.0
     assert not any("RongCloud events/s" in line and "failed" in line for line in lines)
+    goal = next(line for line in lines if "Tencent µs per request <= 150" in line)
+    assert "met (120.00 vs 150.00)" in goal and "does not count" in goal
+
+
+def test_done_when_compares_with_the_ceiling() -> None:
+    """A batched fanout below 3x the ceiling's is NOT MET; at or above it, met."""
+
+    def fanout(best: float) -> dict[str, Any]:
+        return {"max_deliveries_per_s": best, "steps": [], "warnings": []}
+
+    for mine, verdict in ((29_000.0, "NOT MET"), (30_000.0, "met")):
+        records = {("fanout", "gateway"): fanout(mine), ("fanout", "ceiling"): fanout(10_000.0)}
+        lines, _ = compare(records, ["gateway", "ceiling"], ["fanout"])
+        goal = next(line for line in lines if ">= ceiling's x 3" in line)
+        assert f": {verdict} (" in goal
 
 
 def test_comparison_reads_the_gateways_gc_pause() -> None:
