@@ -34,7 +34,7 @@ from bench.scenarios.common import (
     start_servers,
     watcher_pool,
 )
-from bench.target import Target
+from bench.target import Server, Target, metrics
 from bench.workers import Shared
 
 WINDOW_S = 300.0  # default window length
@@ -152,6 +152,13 @@ def _columns(
     return rss_cols, p99_cols, "".join(axis)
 
 
+def gc_pause_max_ms(server: Server) -> float | None:
+    """The longest GC pause since the server started (the gateway's gauge, or a peer's), ms."""
+    m = metrics(server.webhook_port)
+    value = m.get("presence_gc_pause_max_seconds", m.get("bench_gc_pause_max_seconds"))
+    return None if value is None else round(1000 * value, 1)
+
+
 def _churn_totals(reps: list[dict[str, Any]]) -> dict[str, Any]:
     failed: Counter[str] = Counter()
     codes: Counter[int] = Counter()
@@ -196,6 +203,8 @@ def _window_record(
         "lost": d["lost"],
         "lost_examples": d["lost_examples"],
         "v_regressions": d["v_regressions"],
+        "stale": d["stale"],  # includes states both connections of a slot got (overlap)
+        "unmatched": d["unmatched"],
         "latency_ms": lat,
         "p50_ms": lat["p50"],
         "p99_ms": lat["p99"],
@@ -254,6 +263,7 @@ def soak(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
             t1 = time.monotonic()
             bounds.append(t1)
             rec = _window_record(i, started, t0, t1, d, churn, rss)
+            rec["gc_pause_max_ms"] = gc_pause_max_ms(server)  # since start: a jump = this window
             records.append(rec)
             print(
                 f"soak window {i + 1}/{n} ({rec['end_s']:.0f} s): RSS {mb(rec['rss_mb'])}, "
@@ -300,7 +310,7 @@ def soak(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
     res.lines.append("")
     res.lines.append(
         "  window    end   RSS MB  p50 ms  p99 ms  events    lost  churned  reconn p99"
-        "  srv CPU  open"
+        "  srv CPU  open  GC max"
     )
     for r in records:
         c = r["churn"]
@@ -309,6 +319,7 @@ def soak(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
             f" {r['p99_ms']:>7.2f} {r['events']:>7} {r['lost']:>7} {c['replaced']:>8}"
             f" {c['reconnect_ms']['p99']:>8.1f}ms {r['server_cpu_pct']:>7.0f}%"
             f" {r['open_connections']:>5}"
+            + (f" {r['gc_pause_max_ms']:>5.0f}ms" if r["gc_pause_max_ms"] is not None else "     -")
             + ("  <<" if r["generator_bottleneck"] else "")
             + (f"  other load {r['foreign_cpu_pct']:.0f}%" if r["foreign_cpu_pct"] > 15 else "")
         )
