@@ -229,7 +229,8 @@ def soak(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
     res = Result()
     (server,) = start_servers(bench, args, target)
     users, watch, rate = args.users, args.watch, args.rate
-    churn_rate = float(getattr(args, "churn", None) or 20.0)
+    churn_opt = getattr(args, "churn", None)
+    churn_rate = 20.0 if churn_opt is None else float(churn_opt)  # 0: no churn
     wanted = args.conns
     conns = min(wanted, bench.nofile - 300 - 2 * 64)  # + replacements under way, webhooks
     if conns < wanted:
@@ -249,7 +250,8 @@ def soak(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
     rss = RssSeries(server.pid)
     rss.start()
     procs = len(watchers.procs)
-    watchers.call("churn_start", each=[{"rate": churn_rate / procs} for _ in range(procs)])
+    if churn_rate > 0:
+        watchers.call("churn_start", each=[{"rate": churn_rate / procs} for _ in range(procs)])
     started = time.monotonic()
     records: list[dict[str, Any]] = []
     bounds: list[float] = [started]
@@ -259,7 +261,7 @@ def soak(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
             t0 = time.monotonic()
             d = deliver(bench, senders, watchers, k0, rate, window_s, args.http_conns)
             k0 += d["events"]
-            churn = _churn_totals(watchers.call("churn_stats"))
+            churn = _churn_totals(watchers.call("churn_stats") if churn_rate > 0 else [])
             t1 = time.monotonic()
             bounds.append(t1)
             rec = _window_record(i, started, t0, t1, d, churn, rss)
@@ -272,7 +274,7 @@ def soak(bench: Bench, args: argparse.Namespace, target: Target) -> Result:
                 file=sys.stderr,
                 flush=True,
             )
-        final_churn = _churn_totals(watchers.call("churn_stop"))
+        final_churn = _churn_totals(watchers.call("churn_stop") if churn_rate > 0 else [])
     finally:
         rss.close()
     ended = time.monotonic()
