@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,16 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 
 
+def log_access(method: str, path: str, status: int, started: float) -> None:
+    access_log.info(
+        "%s %s %d %.1fms",
+        method,
+        redact_path(path),
+        status,
+        (time.perf_counter() - started) * 1000,
+    )
+
+
 class AccessLog:
     """One line per HTTP request, with secrets redacted and no query string (signatures)."""
 
@@ -58,13 +68,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            access_log.info(
-                "%s %s %d %.1fms",
-                scope["method"],
-                redact_path(scope["path"]),
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
+            log_access(scope["method"], scope["path"], status, started)
 
 
 def create_app(settings: Settings) -> WebSocketFront:
@@ -86,6 +90,7 @@ def create_app(settings: Settings) -> WebSocketFront:
             timeout_s=settings.server.request_timeout_s,
             max_body=settings.server.max_body_bytes,
             reconciler=node.reconciler,
+            deliver=node.hub.deliver,
         )
 
     async def index(request: Request) -> Response:
@@ -146,24 +151,33 @@ def create_app(settings: Settings) -> WebSocketFront:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = node  # the attribute name tests and workers reach the node by
     app.add_middleware(AccessLog)
-    return WebSocketFront(app, node)
+    return WebSocketFront(app, node, webhook)
 
 
 Gateway = Node  # the name tests/test_fanout.py imports from here
 
 _WS_PATH = re.compile(rf"\A/v1/apps/({APP_ID})/ws\Z")
+# Starlette's "{app}/webhooks/{provider}" and ".../{rest:path}" routes, as its router matches them
+_HOOK_PATH = re.compile(r"\A/v1/apps/([^/]+)/webhooks/([^/]+)(?:/(.*))?\Z")
 _SSE_PATH = re.compile(rf"\A/v1/apps/({APP_ID})/sse\Z")
 
 
 class WebSocketFront:
-    """Hands ``/v1/apps/{app}/ws`` straight to a ``Session`` and ``/v1/apps/{app}/sse`` to
-    the event stream (``gateway.sse``), everything else to Starlette.
+    """Hands ``/v1/apps/{app}/ws`` straight to a ``Session``, ``/v1/apps/{app}/sse`` to the
+    event stream (``gateway.sse``) and webhook POSTs to their handler; the rest to Starlette.
 
     Every open connection keeps its ASGI call's coroutine frames for its lifetime; skipping
     Starlette's middleware and router for the two long-lived routes keeps that stack short.
+    Webhooks skip them for speed: they are the latency path (the handler answers every
+    outcome itself, and the access line is written here as ``AccessLog`` writes it).
     """
 
-    def __init__(self, app: Starlette, node: Node) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        node: Node,
+        webhook: Callable[[Request], Awaitable[Response]] | None = None,
+    ) -> None:
         self.app = app
         self.state = app.state  # tests and operators reach the node as app.state.gateway
         self.gw = node  # and tests/test_heap.py as .gw
@@ -171,6 +185,7 @@ class WebSocketFront:
         self.apps = node.settings.apps
         self.hub = node.hub
         self.sse = sse.Endpoint(self.apps, self.hub)
+        self.webhook = webhook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.resolver.trusted and scope["type"] != "lifespan":
@@ -180,10 +195,15 @@ class WebSocketFront:
             client = self.resolver.resolve(peer[0] if peer else None, scope["headers"])
             scope["client"] = (client, 0) if client is not None else None
         if scope["type"] != "websocket":
-            if scope["type"] == "http" and (stream := _SSE_PATH.match(scope["path"])):
-                scope["path_params"] = {"app": stream.group(1)}
-                await self.sse(scope, receive, send)
-                return
+            if scope["type"] == "http":
+                if scope["method"] == "POST" and self.webhook is not None:
+                    if hook := _HOOK_PATH.match(scope["path"]):
+                        await self._webhook(scope, receive, send, hook)
+                        return
+                elif stream := _SSE_PATH.match(scope["path"]):
+                    scope["path_params"] = {"app": stream.group(1)}
+                    await self.sse(scope, receive, send)
+                    return
             await self.app(scope, receive, send)
             return
         match = _WS_PATH.match(scope["path"])
@@ -194,3 +214,18 @@ class WebSocketFront:
             await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
         await Session(receive, app_cfg, self.hub).run(scope, send)
+
+    async def _webhook(
+        self, scope: Scope, receive: Receive, send: Send, hook: re.Match[str]
+    ) -> None:
+        started = time.perf_counter()
+        app_id, provider, rest = hook.groups()
+        params = {"app": app_id, "provider": provider}
+        if rest is not None:
+            params["rest"] = rest
+        scope["path_params"] = params
+        assert self.webhook is not None
+        response = await self.webhook(Request(scope, receive))
+        await response(scope, receive, send)
+        if access_log.isEnabledFor(logging.INFO):
+            log_access("POST", scope["path"], response.status_code, started)

@@ -165,25 +165,54 @@ class Hub(Interest):
 
     def on_message(self, app: str, user: str, payload: bytes) -> None:
         """A state was published: frame it once and queue it on every watcher."""
-        watchers = self.index.get((app, user))
-        if not watchers:
+        if self._fan(app, user, payload):
+            self.schedule_flush()
+
+    def deliver(self, app: str, published: Iterable[tuple[str, bytes]]) -> None:
+        """States this node's own apply just published (``ApplyResult.payloads``): fan
+        them out and write them now, not when the broker's echo comes back.
+
+        The echo then finds the same bytes in ``latest`` and stops there; other nodes get
+        the states from the broker as before. Written at once unless the last flush was
+        less than a tick ago (then the tick coalesces, as for the broker's states).
+        """
+        fanned = False
+        for user, payload in published:
+            fanned = self._fan(app, user, payload) or fanned
+        if not fanned:
             return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._last_flush + self.config.flush_tick_s:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
+        else:
+            self.schedule_flush()
+
+    def _fan(self, app: str, user: str, payload: bytes) -> bool:
+        """Queue ``payload`` on every watcher that lacks it; False if nobody watches or it
+        is the very state fanned out last (a local delivery's echo)."""
+        key = (app, user)
+        watchers = self.index.get(key)
+        if not watchers:
+            return False
+        known = self.latest.get(key)
+        if known is not None and known[1] == payload:
+            return False  # fanned out already, to every watcher there was (``deliver``)
         try:
             v = _version.decode(payload).v
         except msgspec.DecodeError:
             log.error("dropped a malformed published state for %s/%s", app, user)
-            return
+            return False
         for seen in self._recording:
-            if v > seen.get((app, user), (-1, b""))[0]:
-                seen[(app, user)] = (v, payload)
-        known = self.latest.get((app, user))
+            if v > seen.get(key, (-1, b""))[0]:
+                seen[key] = (v, payload)
         if known is None or v > known[0]:
-            self.latest[(app, user)] = (v, payload)
-        frame = presence_frame(payload)
+            self.latest[key] = (v, payload)
         if self._batch_start is None:
             self._batch_start = time.perf_counter()
-        fan_out(watchers, user, v, frame, self._dirty.add)  # the loop over recipients
-        self.schedule_flush()
+        fan_out(watchers, user, v, presence_frame(payload), self._dirty.add)  # the hot loop
+        return True
 
     def note_read(self, app: str, states: Iterable[UserState]) -> None:
         """States a session just read for its snapshot: a resync reading meanwhile may have

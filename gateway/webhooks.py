@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
@@ -32,6 +33,9 @@ from gateway.types import clock_ms
 
 if TYPE_CHECKING:
     from gateway.reconcile.scheduler import Reconciler
+
+# ``Hub.deliver``: an apply's published states to this node's own watchers, at once
+Deliver = Callable[[str, Iterable[tuple[str, bytes]]], None]
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +122,23 @@ def _provider_metrics(metrics: Metrics, name: str) -> _ProviderMetrics:
     return found
 
 
+def _deliver(deliver: Deliver | None, app_id: str, payloads: list[tuple[str, bytes]]) -> None:
+    """Hand published states to the local watchers; a failure there is logged, never the
+    webhook's: the events are applied and the broker's echo delivers them anyway."""
+    if deliver is None or not payloads:
+        return
+    try:
+        deliver(app_id, payloads)
+    except Exception:
+        log.exception("local delivery of %d states failed; the broker delivers", len(payloads))
+
+
 async def clear_checked(
-    store: PresenceStore, app_id: str, provider: str, events: list[PresenceEvent]
+    store: PresenceStore,
+    app_id: str,
+    provider: str,
+    events: list[PresenceEvent],
+    deliver: Deliver | None = None,
 ) -> None:
     """A real offline clears the devices the provider's checks put online (``rules.cleared``)."""
     offline: dict[str, list[PresenceEvent]] = {}
@@ -130,7 +149,8 @@ async def clear_checked(
     for user, evs in offline.items():
         clears += rules.cleared(await store.records(app_id, user), evs, provider)
     if clears:
-        await store.apply(app_id, clears)
+        result = await store.apply(app_id, clears)
+        _deliver(deliver, app_id, result.payloads)
 
 
 async def handle(
@@ -143,11 +163,13 @@ async def handle(
     timeout_s: float = 10.0,
     max_body: int = MAX_BODY,
     reconciler: Reconciler | None = None,
+    deliver: Deliver | None = None,
 ) -> Response:
     """Run one webhook through its provider and the store.
 
     The source address is checked before the body is read; a body that does not arrive
     within ``timeout_s`` gets a 408. Answers given with the body unread close the connection.
+    The states the apply published go to this node's watchers (``deliver``) before the ack.
     """
     started = time.perf_counter()
     name = provider.name
@@ -210,8 +232,9 @@ async def handle(
         if parsed.events:
             try:
                 result = await store.apply(app_id, parsed.events)
+                _deliver(deliver, app_id, result.payloads)
                 if getattr(provider.config, "reconcile", None) is not None:
-                    await clear_checked(store, app_id, name, parsed.events)
+                    await clear_checked(store, app_id, name, parsed.events, deliver)
             except StoreUnavailable:
                 outcome = "unavailable"
                 log.warning("webhook %s/%s: store unavailable, answered 503", app_id, name)

@@ -33,6 +33,10 @@ class ApplyResult(msgspec.Struct):
     applied: int = 0  # events that changed a device record
     ignored: int = 0  # duplicates, events beaten by a newer record, events out of the window
     published: list[UserState] = []  # states published, in the order they were published
+    # (user, payload) of each published state, the payload's bytes as the broker carries
+    # them, when the broker's own delivery comes later (Redis): the hub fans them out from
+    # here at once and recognises the echo. Empty when the broker delivered synchronously.
+    payloads: list[tuple[str, bytes]] = []
 
 
 # Called with (app, user, payload) for every published state the broker receives; payload

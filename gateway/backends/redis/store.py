@@ -131,13 +131,15 @@ class RedisStore(GraceSweep, RedisCoordination):
         hints: dict[int, int] = {}  # Cluster: slot -> the earliest grace end begun there
         with unavailable("apply"):
             replies = await self._queued(users)
-            for (_, tag, _, _), (applied, ignored, state, grace_end) in zip(
+            payloads = result.payloads = []
+            for (_, tag, user, _), (applied, ignored, state, grace_end) in zip(
                 users, replies, strict=True
             ):
                 result.applied += applied
                 result.ignored += ignored
                 if state is not None:
                     result.published.append(state_decoder.decode(state))
+                    payloads.append((user, state))  # the bytes apply.lua SPUBLISHed
                 if grace_end is not None and self._cluster:
                     slot = key_slot(tag.encode())  # the tag is the key's whole hash tag
                     hints[slot] = min(grace_end, hints.get(slot, grace_end))
