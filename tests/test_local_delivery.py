@@ -43,6 +43,7 @@ async def test_deliver_writes_at_once_and_the_echo_adds_nothing(hub: Hub) -> Non
     client = FakeClient(hub)
     hub.attach(client)
     await watch(hub, client, "bob")
+    assert isinstance(hub.store, MemoryStore)
     await online(hub.store, "bob", 0)  # the memory broker delivers it (and flushes soon)
     await until(lambda: client.written, "the first state")
     written = len(client.written)
