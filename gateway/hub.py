@@ -236,7 +236,8 @@ class Hub(Interest):
         return self.latest.get((app, user))
 
     def schedule_flush(self) -> None:
-        """Flush dirty sessions now if the last flush was a tick ago, else on the tick."""
+        """Flush dirty sessions now if the last flush of presence states was a tick ago,
+        else on the tick."""
         if self._flush_handle is not None or not self._dirty:
             return
         loop = asyncio.get_running_loop()
@@ -252,7 +253,10 @@ class Hub(Interest):
 
     def _flush(self) -> None:
         self._flush_handle = None
-        self._last_flush = asyncio.get_running_loop().time()
+        if self._batch_start is not None:
+            # The tick paces flushes of presence states only: a flush of control replies
+            # alone (a pong, a watch's snapshot) must not hold back the next state.
+            self._last_flush = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, set()
         sent = 0
         for session in dirty:

@@ -132,3 +132,20 @@ async def test_local_and_broker_delivery_together_send_each_state_once(redis_url
             assert watcher.violations == [] and hub.sent == frames == 20
         finally:
             await watcher.close()
+
+
+async def test_a_control_reply_flush_does_not_hold_back_the_next_state(hub: Hub) -> None:
+    """The flush tick paces presence flushes only: right after a flush that wrote just a
+    control reply (a pong), a published state is written on the next loop turn."""
+    client = FakeClient(hub)
+    hub.attach(client)
+    await watch(hub, client, "bob")
+    assert client.outbox.queue_control(b"pong", 0)
+    hub.mark_dirty(client)
+    await until(lambda: client.written, "the control reply")
+    written = len(client.written)
+    assert isinstance(hub.store, MemoryStore)
+    await online(hub.store, "bob", 0)  # published to the hub by the memory broker
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(client.written) == written + 1  # not 0.5 s (the tick) later
