@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import time
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway import tokens
 from gateway.config import AppConfig
@@ -77,27 +77,37 @@ class Session(Watcher):
 
     async def run(self, scope: Scope, send: Send) -> None:
         """Serve the connection (plain ASGI ``websocket`` scope) until it closes."""
-        origin = None
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin = value.decode("latin-1")
+        allowed = self._origin_ok(scope["headers"])  # a helper: its locals go with it
         scope["headers"] = []  # an idle connection need not keep its handshake
+        # read before accepting: once open, gateway.transport keeps only the scope's path
+        raw = scope.get("extensions", {}).get(EXTENSION)
         if (await self.receive())["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        raw = scope.get("extensions", {}).get(EXTENSION)
         self.sink = sink = RawSink(raw) if raw is not None else AsgiSink(send)
         try:
-            if origin is not None and not self.origin_allowed(origin):
+            if not allowed:
                 self.close(CloseCode.ORIGIN_NOT_ALLOWED, "origin not allowed")
                 return
             if await self._authenticate():
                 self.hub.attach(self)
-                await self._serve()
+                # Each frame is handled in its own call, so an idle connection keeps no old
+                # request, and waits in this frame alone (~200 bytes a coroutine level).
+                receive = self.receive
+                while not self.closed and await self._handle(self._content(await receive())):
+                    pass
         finally:
             self.finish()
             if isinstance(sink, AsgiSink):
                 await sink.stop()
+
+    def _origin_ok(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the handshake's ``Origin`` (the last one), if any, is allowed."""
+        origin = None
+        for name, value in headers:
+            if name == b"origin":
+                origin = value.decode("latin-1")
+        return origin is None or self.origin_allowed(origin)
 
     def origin_allowed(self, origin: str) -> bool:
         allowed = self.app.allowed_origins
@@ -136,28 +146,15 @@ class Session(Watcher):
         """The next message (bytes for a binary one); None once the connection is gone."""
         if self.closed:
             return None
-        message = await self.receive()
+        return self._content(await self.receive())
+
+    def _content(self, message: Message) -> str | bytes | None:
+        """A received ASGI message's text (bytes for a binary one); None for a disconnect."""
         if message["type"] == "websocket.disconnect":
             self.outbox.closed = True
             return None
         text = message.get("text")
         return str(text) if text is not None else bytes(message.get("bytes") or b"")
-
-    async def _serve(self) -> None:
-        # each frame is handled in its own call, so an idle connection keeps no old request
-        while await self._handle(await self._next()):
-            pass
-
-    async def _next(self) -> str | bytes | None:
-        """The next client frame, handed over once the client has caught up (see module)."""
-        text = await self._receive()
-        if (
-            text is not None
-            and self.queued() > self.config.high_water_bytes
-            and not await self._catch_up()
-        ):
-            return None
-        return text
 
     async def _catch_up(self) -> bool:
         """Wait until at most high_water_bytes is queued for the client; False once closed.
@@ -177,8 +174,11 @@ class Session(Watcher):
         return not self.closed
 
     async def _handle(self, text: str | bytes | None) -> bool:
-        """Handle one client frame; False when the connection is done."""
+        """Handle one client frame, once the client has caught up (see module); False when
+        the connection is done."""
         if text is None:
+            return False
+        if self.queued() > self.config.high_water_bytes and not await self._catch_up():
             return False
         if not self._take_token():  # every frame counts, binary ones included
             self.close(CloseCode.TOO_LARGE_OR_TOO_MANY, "too many messages")

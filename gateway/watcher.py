@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import sys
 import time
 from collections.abc import Mapping
 
@@ -59,7 +61,7 @@ class Watcher:
         self.sink: Sink | None = None
         self.claims: tokens.Claims | None = None
         self.outbox = Outbox(config.high_water_bytes, config.slow_close_after_s)
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: set[Watcher] | None = None  # its token's expiry second (_Expiries)
         self._admitted = False  # counted in hub.connections
 
     @property
@@ -82,7 +84,8 @@ class Watcher:
             self.hub.release(self.app.id, self.claims.sub)
         self.hub.unwatch(self, self.app.id, list(self.outbox.watching))
         if self._expiry is not None:
-            self._expiry.cancel()
+            self._expiry.discard(self)
+            self._expiry = None
 
     def admit(self, claims: tokens.Claims) -> bool:
         """Count the connection of a verified user (False, counted as refused, over the cap)
@@ -91,11 +94,7 @@ class Watcher:
         if not self.hub.admit(self.app.id, claims.sub, self.app.max_connections_per_user):
             return False
         self._admitted = True
-        loop = asyncio.get_running_loop()
-        left = max(0.0, claims.deadline() - time.time())
-        self._expiry = loop.call_at(
-            loop.time() + left, self.close, CloseCode.UNAUTHORIZED, "token expired"
-        )
+        self._expiry = _expiries().add(self, claims.deadline())
         return True
 
     def close(self, code: int, reason: str) -> None:
@@ -146,7 +145,8 @@ class Watcher:
         """
         app = self.app
         outbox = self.outbox
-        new = [u for u in users if u not in outbox.watching]
+        # one string per watched user on the node, not one per connection watching it
+        new = [sys.intern(u) for u in users if u not in outbox.watching]
         outbox.begin_read(new)
         chunk = self.config.store_read_chunk
         try:
@@ -224,3 +224,43 @@ class Watcher:
         if frames:
             sink.write(frames)
         return sent
+
+
+class _Expiries:
+    """The token expiries of one event loop's connections: one timer per second in which
+    some expire, not one per connection (a timer handle, its arguments and its context are
+    ~500 bytes a connection). A connection is closed in the first second at or after its
+    deadline: a token's ``exp`` is usually whole seconds, so at the deadline."""
+
+    __slots__ = ("loop", "seconds")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.seconds: dict[int, set[Watcher]] = {}
+
+    def add(self, watcher: Watcher, deadline: float) -> set[Watcher]:
+        """Close ``watcher`` at ``deadline`` (epoch seconds); the set to discard it from."""
+        second = math.ceil(deadline)
+        due = self.seconds.get(second)
+        if due is None:
+            due = self.seconds[second] = set()
+            loop = self.loop
+            loop.call_at(loop.time() + max(0.0, second - time.time()), self._expire, second)
+        due.add(watcher)
+        return due
+
+    def _expire(self, second: int) -> None:
+        for watcher in list(self.seconds.pop(second, ())):
+            watcher.close(CloseCode.UNAUTHORIZED, "token expired")
+
+
+_current: _Expiries | None = None
+
+
+def _expiries() -> _Expiries:
+    """The running loop's ``_Expiries`` (a new one for a new loop: tests run several)."""
+    global _current
+    loop = asyncio.get_running_loop()
+    if _current is None or _current.loop is not loop:
+        _current = _Expiries(loop)
+    return _current

@@ -46,20 +46,29 @@ class Inbox:
 
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def empty(self) -> bool:
         return not self._items
 
+    def get_nowait(self) -> Any:
+        return self._items.pop(0)
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future done once an item is put (await it while ``empty()``)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
     async def get(self) -> Any:
         while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.pop(0)
+            await self.arrival()
+        return self.get_nowait()
 
 
 class Flag:

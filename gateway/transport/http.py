@@ -242,6 +242,10 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         slot, self.slot = self.slot, None
         super().handle_websocket_upgrade()
+        # done with this connection: httptools' parser and this protocol hold each other, a
+        # cycle that would outlive the WebSocket once frozen (gateway.heap); and the request
+        self.parser = None  # type: ignore[assignment]
+        self.scope = self.headers = None  # type: ignore[assignment]
         protocol = self.transport.get_protocol()
         if isinstance(protocol, PresenceWebSocketProtocol):
             protocol.slot = slot  # the WebSocket keeps this connection's place

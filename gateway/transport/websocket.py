@@ -25,7 +25,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.frames import CloseCode as LibraryCloseCode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from gateway.edge import Slot, quiet_log, redact_path
@@ -46,7 +46,55 @@ class _Connection(ServerProtocol):
 
 
 class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol plus the ``presence.raw`` extension."""
+    """uvicorn's sans-I/O WebSocket protocol plus the ``presence.raw`` extension.
+
+    Every attribute uvicorn's class and this one set is a slot, so a connection has no
+    instance ``__dict__`` (with 40 attributes CPython gives up sharing the keys: 1.5 KB
+    each; tests/test_transport_memory.py checks none is left over).
+    """
+
+    __slots__ = (  # uvicorn's attributes, and ours: opened_at, slot, status
+        "app",
+        "app_state",
+        "asgi_version",
+        "client",
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "curr_msg_data_type",
+        "default_headers",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "initial_response",
+        "last_ping_rtt",
+        "logger",
+        "loop",
+        "opened_at",
+        "pending_ping_payload",
+        "ping_interval",
+        "ping_sent_at",
+        "ping_timeout",
+        "ping_timer",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "request",
+        "response",
+        "root_path",
+        "scheme",
+        "scope",
+        "server",
+        "slot",
+        "status",
+        "tasks",
+        "transport",
+        "writable",
+    )
 
     def __init__(
         self,
@@ -57,6 +105,8 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.logger = quiet_log  # uvicorn's lines name the client and the query string
+        # uvicorn's own connection, replaced below: it and its parser hold each other
+        self.conn.parser = None  # type: ignore[assignment]
         self.conn = _Connection(extensions=[], max_size=MAX_MESSAGE, logger=quiet_log)
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
@@ -84,7 +134,7 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         # objects frozen out of the collector's reach (gateway.heap), a closed connection
         # must be freed by reference counting alone (tests/test_heap.py).
         scope = getattr(self, "scope", None)
-        if scope is not None:
+        if scope is not None and "extensions" in scope:
             scope["extensions"].pop(EXTENSION, None)
 
     def handle_connect(self, event: Request) -> None:
@@ -129,8 +179,30 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
             self.request = self.response = None  # type: ignore[assignment]
             conn = self.conn
             if conn.state is State.OPEN and not conn.reader.buffer:
-                conn.parser = conn.parse()
+                # the frame parser itself: ServerProtocol.parse only wraps it for the handshake
+                conn.parser = Protocol.parse(conn)
                 next(conn.parser)
+            # The app read the scope before accepting (the session takes the raw extension
+            # first); an open connection keeps only the path, for its access-log line, and
+            # not the addresses (uvicorn names them only in trace logs, which we never emit).
+            scope = getattr(self, "scope", None)
+            if scope is not None:
+                path = scope.get("path", "-")
+                scope.clear()
+                scope["path"] = path
+            self.client = self.server = None
+
+    async def receive(self) -> Any:
+        """uvicorn's, awaiting the inbox's future directly: an idle connection waits with
+        one coroutine frame less (``Inbox.get`` would be a second)."""
+        queue = self.queue
+        while queue.empty():
+            await queue.arrival()  # type: ignore[attr-defined]
+        message = queue.get_nowait()
+        if self.read_paused and queue.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
 
     def write(self, data: bytes) -> bool:
         """Write already-framed bytes; False once the connection is closing."""
