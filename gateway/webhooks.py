@@ -245,8 +245,8 @@ async def handle(
                 metrics.events_applied.inc(result.applied)
             if result.ignored:
                 metrics.events_ignored.inc(result.ignored)
-            if result.published:
-                metrics.states_published.inc(len(result.published))
+            if result.count:
+                metrics.states_published.inc(result.count)
         outcome = "ok"
         return to_response(provider.ok())
     except Exception:

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from gateway.backends.base import PresenceSettings
+from gateway.backends.base import PresenceSettings, PresenceStore
 from gateway.backends.memory import MemoryBroker, MemoryStore
 from gateway.config import AppConfig, ConnectionsConfig
 from gateway.hub import Hub
 from gateway.metrics import Metrics
-from gateway.model import state_encoder
+from gateway.model import PresenceEvent, state_decoder, state_encoder
 from tests.live import serve
 from tests.test_e2e_webhooks import app_of, make_settings, now_ms, query, tencent
 from tests.test_hub import APP, FakeClient, online, until, watch
@@ -149,3 +149,24 @@ async def test_a_control_reply_flush_does_not_hold_back_the_next_state(hub: Hub)
     for _ in range(3):
         await asyncio.sleep(0)
     assert len(client.written) == written + 1  # not 0.5 s (the tick) later
+
+
+async def test_an_apply_hands_back_the_published_bytes_or_the_states(store: PresenceStore) -> None:
+    """Every backend's apply says what it published: Redis as the very bytes its broker
+    carries (decoded to the same states on demand), memory as states (its broker already
+    delivered them)."""
+    when = now_ms()
+    events = [
+        PresenceEvent(user=u, device="d1", platform="ios", online=True, time=when)
+        for u in ("bob", "carol")
+    ]
+    result = await store.apply(APP, events)
+    assert result.count == 2 and [s.user for s in result.published] == ["bob", "carol"]
+    if isinstance(store, MemoryStore):
+        assert result.payloads == []
+    else:
+        assert [(u, state_decoder.decode(p)) for u, p in result.payloads] == [
+            (s.user, s) for s in result.published
+        ]
+        assert all(isinstance(p, bytes) for _, p in result.payloads)
+        assert result.payloads[0][1] == state_encoder.encode(result.published[0])

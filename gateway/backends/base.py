@@ -13,7 +13,7 @@ from typing import Protocol
 
 import msgspec
 
-from gateway.model import DeviceRecord, PresenceEvent, UserState
+from gateway.model import DeviceRecord, PresenceEvent, UserState, state_decoder
 
 
 class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -27,16 +27,56 @@ class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_devices_per_user: int = 64  # device records kept per user (oldest offline go first)
 
 
-class ApplyResult(msgspec.Struct):
-    """What one ``apply`` did."""
+class ApplyResult:
+    """What one ``apply`` did.
 
-    applied: int = 0  # events that changed a device record
-    ignored: int = 0  # duplicates, events beaten by a newer record, events out of the window
-    published: list[UserState] = []  # states published, in the order they were published
-    # (user, payload) of each published state, the payload's bytes as the broker carries
-    # them, when the broker's own delivery comes later (Redis): the hub fans them out from
-    # here at once and recognises the echo. Empty when the broker delivered synchronously.
-    payloads: list[tuple[str, bytes]] = []
+    ``published``: the states published, in the order they were published. A store whose
+    broker delivers later (Redis) fills ``payloads`` instead, (user, the state's bytes as
+    published): the hub fans those out at once (``Hub.deliver``) and ``published`` decodes
+    them only if asked (the webhook route never asks: one decode per state saved).
+    """
+
+    __slots__ = ("_published", "applied", "ignored", "payloads")
+
+    def __init__(
+        self,
+        applied: int = 0,  # events that changed a device record
+        ignored: int = 0,  # duplicates, events beaten by a newer record, out of the window
+        published: list[UserState] | None = None,
+        payloads: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.applied = applied
+        self.ignored = ignored
+        self._published = published
+        self.payloads: list[tuple[str, bytes]] = [] if payloads is None else payloads
+
+    @property
+    def published(self) -> list[UserState]:
+        if self._published is None:
+            self._published = [state_decoder.decode(p) for _, p in self.payloads]
+        return self._published
+
+    @property
+    def count(self) -> int:
+        """How many states were published, without decoding them."""
+        return len(self._published) if self._published is not None else len(self.payloads)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ApplyResult):
+            return NotImplemented
+        return (self.applied, self.ignored, self.published) == (
+            other.applied,
+            other.ignored,
+            other.published,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return (
+            f"ApplyResult(applied={self.applied}, ignored={self.ignored}, "
+            f"published={self.published!r})"
+        )
 
 
 # Called with (app, user, payload) for every published state the broker receives; payload

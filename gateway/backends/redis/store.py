@@ -124,21 +124,20 @@ class RedisStore(GraceSweep, RedisCoordination):
                 by_user[ev.user] = [ev]
             else:
                 evs.append(ev)
-        result = ApplyResult(published=[])
+        result = ApplyResult()
         if not by_user:
             return result
         users: list[_User] = [(now, user_tag(app, u), u, evs) for u, evs in by_user.items()]
         hints: dict[int, int] = {}  # Cluster: slot -> the earliest grace end begun there
         with unavailable("apply"):
             replies = await self._queued(users)
-            payloads = result.payloads = []
+            payloads = result.payloads
             for (_, tag, user, _), (applied, ignored, state, grace_end) in zip(
                 users, replies, strict=True
             ):
                 result.applied += applied
                 result.ignored += ignored
                 if state is not None:
-                    result.published.append(state_decoder.decode(state))
                     payloads.append((user, state))  # the bytes apply.lua SPUBLISHed
                 if grace_end is not None and self._cluster:
                     slot = key_slot(tag.encode())  # the tag is the key's whole hash tag
