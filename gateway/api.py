@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated
 from urllib.parse import parse_qsl
 
@@ -134,9 +134,16 @@ class CustomRequest(msgspec.Struct, forbid_unknown_fields=True):
 _custom_decoder = msgspec.json.Decoder(CustomRequest)
 
 
-async def set_custom(request: Request, *, apps: Apps, store: PresenceStore) -> Response:
+async def set_custom(
+    request: Request,
+    *,
+    apps: Apps,
+    store: PresenceStore,
+    deliver: Callable[[str, Iterable[tuple[str, bytes]]], None] | None = None,
+) -> Response:
     """PUT /v1/apps/{app}/users/{user}/custom: set (or clear) the user's custom status at the
-    gateway's clock; 200 with the user's new state (SPEC 6)."""
+    gateway's clock; 200 with the user's new state (SPEC 6). The state goes to this node's
+    watchers at once (``deliver``, as for webhooks)."""
     app = apps.get(request.path_params["app"])
     if app is None:
         return error(404, "unknown app")
@@ -158,6 +165,8 @@ async def set_custom(request: Request, *, apps: Apps, store: PresenceStore) -> R
     now = clock_ms()
     try:
         result = await store.apply(app.id, [custom_event(user, text, now)], now_ms=now)
+        if deliver is not None and result.payloads:
+            deliver(app.id, result.payloads)
         states = result.published or await store.get(app.id, [user])
     except StoreUnavailable:
         return error(503, "store unavailable")

@@ -124,7 +124,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         ),
         Route(
             "/v1/apps/{app}/users/{user:path}/custom",
-            partial(api.set_custom, apps=apps, store=store),
+            partial(api.set_custom, apps=apps, store=store, deliver=node.hub.deliver),
             methods=["PUT"],
         ),
         Route(

@@ -174,20 +174,25 @@ class Hub(Interest):
 
         The echo then finds the same bytes in ``latest`` and stops there; other nodes get
         the states from the broker as before. Written at once unless the last flush was
-        less than a tick ago (then the tick coalesces, as for the broker's states).
+        less than a tick ago (then the tick coalesces, as for the broker's states). Never
+        raises: the caller's events are applied whatever happens here, and the echo follows.
         """
-        fanned = False
-        for user, payload in published:
-            fanned = self._fan(app, user, payload) or fanned
-        if not fanned:
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self._last_flush + self.config.flush_tick_s:
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-            self._flush()
-        else:
-            self.schedule_flush()
+        try:
+            fanned = False
+            for user, payload in published:
+                fanned = self._fan(app, user, payload) or fanned
+            if not fanned:
+                return
+            loop = asyncio.get_running_loop()
+            if loop.time() >= self._last_flush + self.config.flush_tick_s:
+                if self._flush_handle is not None:
+                    self._flush_handle.cancel()
+                self._flush()
+            else:
+                self.schedule_flush()
+        except Exception:
+            log.exception("local delivery failed")
+            self.schedule_flush()  # what was queued still goes
 
     def _fan(self, app: str, user: str, payload: bytes) -> bool:
         """Queue ``payload`` on every watcher that lacks it; False if nobody watches or it

@@ -123,14 +123,8 @@ def _provider_metrics(metrics: Metrics, name: str) -> _ProviderMetrics:
 
 
 def _deliver(deliver: Deliver | None, app_id: str, payloads: list[tuple[str, bytes]]) -> None:
-    """Hand published states to the local watchers; a failure there is logged, never the
-    webhook's: the events are applied and the broker's echo delivers them anyway."""
-    if deliver is None or not payloads:
-        return
-    try:
+    if deliver is not None and payloads:
         deliver(app_id, payloads)
-    except Exception:
-        log.exception("local delivery of %d states failed; the broker delivers", len(payloads))
 
 
 async def clear_checked(

@@ -19,6 +19,7 @@ from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.model import PresenceEvent, state_decoder, state_encoder
 from tests.live import serve
+from tests.test_custom_status import put_custom
 from tests.test_e2e_webhooks import app_of, make_settings, now_ms, query, tencent
 from tests.test_hub import APP, FakeClient, online, until, watch
 from tests.wsclient import Watcher
@@ -80,7 +81,7 @@ async def test_a_watcher_on_the_same_node_needs_no_pubsub_echo(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
     """With the broker's feed to the hub cut, a local watcher still gets the states its
-    node's webhooks publish, up to the last one, in ``v`` order."""
+    node's webhooks and custom-status PUTs publish, up to the last one, in ``v`` order."""
     url = request.getfixturevalue("redis_cluster_url" if backend == "cluster" else "redis_url")
     settings = make_settings(url, cluster=backend == "cluster")
     app = app_of(settings)
@@ -96,10 +97,13 @@ async def test_a_watcher_on_the_same_node_needs_no_pubsub_echo(
                 for i, action in enumerate(["Login", "Disconnect", "Login"]):
                     r = await tencent(client, app.id, "bob", action, event_time=t0 + i)
                     assert r.status_code == 200
+                r = await put_custom(client, app, "bob", {"custom": "In a meeting"})
+                assert r.status_code == 200
                 last = await final_v(client, app, "bob")
             await until(lambda: watcher.view["bob"]["v"] == last, "the last state")
-            await until(lambda: len(echoes) == 3, "the broker's three echoes")
+            await until(lambda: len(echoes) == 4, "the broker's four echoes")
             assert watcher.view["bob"]["status"] == "online" and watcher.violations == []
+            assert watcher.view["bob"]["custom"] == "In a meeting"  # PUT .../custom too
         finally:
             await watcher.close()
 
