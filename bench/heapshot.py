@@ -103,7 +103,7 @@ def _client(port: int, args: argparse.Namespace, pipe: Connection) -> None:
         await loop.run_in_executor(None, pipe.recv)
         held += await _open(port, WARM, args.conns, args)
         pipe.send("ready")
-        while not await loop.run_in_executor(None, pipe.poll, 1.0):
+        while not await loop.run_in_executor(None, pipe.poll, 10.0):
             for conn in held:  # keep them alive past the hub's idle sweep
                 if conn.open:
                     conn.send_text(b'{"type":"ping","id":1}')
@@ -141,6 +141,64 @@ async def _hear(pipe: Connection, child: Any) -> object:
     return pipe.recv()
 
 
+async def _snapshots(pipe: Connection, child: Any, args: argparse.Namespace) -> None:
+    """tracemalloc before and after opening the connections; the growth per site."""
+    tracemalloc.start(args.frames)
+    await asyncio.sleep(1.5)  # past a heap-keeper round
+    gc.collect()
+    before = tracemalloc.take_snapshot()
+    started = time.monotonic()
+    pipe.send("go")
+    assert await _hear(pipe, child) == "ready"
+    seconds = time.monotonic() - started
+    print(f"{args.conns} connections ready in {seconds:.1f} s (under tracemalloc)", file=sys.stderr)
+    await asyncio.sleep(args.settle)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    _report(before, after, args)
+
+
+async def _pauses(pipe: Connection, child: Any, args: argparse.Namespace) -> None:
+    """Every collector pause while the connections are opened (no tracemalloc)."""
+    pauses: list[tuple[float, int, float, int]] = []  # ms, generation, at s, collected
+    started = time.perf_counter()
+    began = [0.0]
+
+    def timing(phase: str, info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            began[0] = now
+        else:
+            pauses.append(
+                ((now - began[0]) * 1000, info["generation"], now - started, info["collected"])
+            )
+
+    await asyncio.sleep(1.5)  # past a heap-keeper round, as bench conns
+    gc.callbacks.append(timing)
+    try:
+        pipe.send("go")
+        assert await _hear(pipe, child) == "ready"
+        seconds = time.perf_counter() - started
+        await asyncio.sleep(args.settle)
+    finally:
+        gc.callbacks.remove(timing)
+    print(f"{args.conns} connections ready in {seconds:.1f} s; frozen {gc.get_freeze_count():,}")
+    for gen in (0, 1, 2):
+        mine = [p[0] for p in pauses if p[1] == gen]
+        if mine:
+            print(
+                f"generation {gen}: {len(mine)} pauses, max {max(mine):.1f} ms, total {sum(mine):.0f} ms"
+            )
+    print(
+        "longest:",
+        ", ".join(
+            f"{ms:.1f} ms (gen {g} at {at:.1f} s, {n} collected)"
+            for ms, g, at, n in sorted(pauses, reverse=True)[: args.top]
+        ),
+    )
+
+
 async def _serve(args: argparse.Namespace) -> None:
     settings = config.parse(Target(max_watch=1000).config(None), "<heapshot>")
     app = create_app(settings)
@@ -160,23 +218,10 @@ async def _serve(args: argparse.Namespace) -> None:
     child.start()
     try:
         assert await _hear(ours, child) == "warm"
-        tracemalloc.start(args.frames)
-        await asyncio.sleep(1.5)  # past a heap-keeper round
-        gc.collect()
-        before = tracemalloc.take_snapshot()
-        started = time.monotonic()
-        ours.send("go")
-        assert await _hear(ours, child) == "ready"
-        print(
-            f"{args.conns} connections ready in {time.monotonic() - started:.1f} s "
-            "(under tracemalloc)",
-            file=sys.stderr,
-        )
-        await asyncio.sleep(args.settle)
-        gc.collect()
-        after = tracemalloc.take_snapshot()
-        tracemalloc.stop()
-        _report(before, after, args)
+        if args.gc:
+            await _pauses(ours, child, args)
+        else:
+            await _snapshots(ours, child, args)
     finally:
         with contextlib.suppress(OSError):
             ours.send("stop")
@@ -199,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
         "--settle", type=float, default=2.0, help="seconds idle before the snapshot"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--gc", action="store_true", help="report collector pauses during setup, not memory"
+    )
     parser.add_argument(
         "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="uvicorn's default: uvloop"
     )

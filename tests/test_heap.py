@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.heap import HeapKeeper
 from tests.live import serve
 from tests.test_e2e_webhooks import app_of, make_settings
 from tests.wsclient import Client
@@ -164,3 +165,22 @@ async def test_closed_http_connections_are_freed_behind_a_freeze(options: dict[s
         finally:
             gc.unfreeze()
     assert leftovers == [], f"kept alive by cycles only the collector could free: {leftovers}"
+
+
+def test_keeper_ticks_fast_while_the_heap_grows() -> None:
+    """A tick that froze a burst of new objects asks for the next one sooner; a quiet one not."""
+    keeper = HeapKeeper(interval=1.0, fast=0.2, burst=1000)
+    gc.collect()
+    gc.freeze()
+    try:
+        grown: list[list[int]] = [
+            [] for _ in range(5000)
+        ]  # tracked containers, like new connections
+        assert keeper.tick(1.0) == 0.2
+        assert keeper.tick(0.2) == 1.0  # nothing new since
+        grown += [[] for _ in range(100)]  # below the burst rate
+        assert keeper.tick(1.0) == 1.0
+        assert gc.get_freeze_count() >= 5000
+    finally:
+        gc.unfreeze()
+        del grown
