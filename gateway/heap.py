@@ -63,8 +63,9 @@ class HeapKeeper:
     def tick(self, elapsed: float) -> float:
         """Collect the young generations and freeze the survivors of the last ``elapsed``
         seconds; the seconds to wait for the next tick."""
-        frozen = gc.get_freeze_count()
         gc.collect(1)  # the young generations: garbage of the last tick, cheaply
+        # what is about to be frozen: the survivors since the last tick, now all in the
+        # oldest generation (gc.get_freeze_count() would walk every frozen object instead)
+        grown = len(gc.get_objects(2))
         gc.freeze()
-        grown = gc.get_freeze_count() - frozen
         return self.fast if grown >= self.burst * elapsed else self.interval
