@@ -22,6 +22,10 @@ class Sink(Protocol):
 
     def write(self, frames: list[bytes]) -> None: ...
 
+    def send(self, frame: bytes) -> None:
+        """``write([frame])``, without the list: the fan-out's common case."""
+        ...
+
     def buffered(self) -> int: ...
 
     def close(self, code: int, reason: str) -> None: ...
@@ -37,6 +41,9 @@ class RawSink:
 
     def write(self, frames: list[bytes]) -> None:
         self.raw.write(frames[0] if len(frames) == 1 else b"".join(frames))  # type: ignore[attr-defined]
+
+    def send(self, frame: bytes) -> None:
+        self.raw.write(frame)  # type: ignore[attr-defined]
 
     def buffered(self) -> int:
         return self.raw.buffered()  # type: ignore[attr-defined, no-any-return]
@@ -62,6 +69,9 @@ class AsgiSink:
             self.queue.append(payload)
             self.size += len(payload)
         self.wake.set()
+
+    def send(self, frame: bytes) -> None:
+        self.write([frame])
 
     def buffered(self) -> int:
         return self.size

@@ -80,6 +80,9 @@ class EventSink:
         data = b"".join(event(frame_payload(f)) if f[0] == _FRAME else f for f in frames)
         self.raw.stream_write(data)
 
+    def send(self, frame: bytes) -> None:
+        self.write([frame])
+
     def buffered(self) -> int:
         return self.raw.buffered()  # type: ignore[no-any-return]
 

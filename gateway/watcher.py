@@ -209,18 +209,24 @@ class Watcher:
         """Write everything queued in one send: the presence frames written (0 once closed),
         None while the client is behind."""
         sink = self.sink
-        if self.closed or sink is None:
+        outbox = self.outbox
+        if outbox.closed or sink is None:
             return 0
         if not force:
-            behind = self.outbox.behind(sink.buffered(), time.monotonic())
-            if behind is None:
-                self._close_slow()
-                return 0
-            if behind:
+            buffered = sink.buffered()
+            if buffered > outbox.high_water:  # behind: for how long is the outbox's count
+                if outbox.behind(buffered, time.monotonic()) is None:
+                    self._close_slow()
+                    return 0
                 return None
-        else:
-            self.outbox.behind_since = None
-        frames, sent = self.outbox.take()
+        outbox.behind_since = None  # caught up (or forced): a later fall behind counts afresh
+        pending = outbox.pending
+        if len(pending) == 1 and not outbox.control:  # the fan-out's case: one state, alone
+            (frame,) = pending.values()
+            outbox.pending = {}
+            sink.send(frame)
+            return 1
+        frames, sent = outbox.take()
         if frames:
             sink.write(frames)
         return sent
