@@ -34,10 +34,11 @@ class Sink(Protocol):
 class RawSink:
     """Frames written straight to the socket (``PresenceWebSocketProtocol``)."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("raw", "transport")
 
     def __init__(self, raw: object) -> None:
         self.raw = raw
+        self.transport = raw.transport  # type: ignore[attr-defined]  # buffered(), once per flush
 
     def write(self, frames: list[bytes]) -> None:
         self.raw.write(frames[0] if len(frames) == 1 else b"".join(frames))  # type: ignore[attr-defined]
@@ -46,7 +47,7 @@ class RawSink:
         self.raw.write(frame)  # type: ignore[attr-defined]
 
     def buffered(self) -> int:
-        return self.raw.buffered()  # type: ignore[attr-defined, no-any-return]
+        return self.transport.get_write_buffer_size()  # type: ignore[no-any-return]
 
     def close(self, code: int, reason: str) -> None:
         self.raw.close_now(code, reason)  # type: ignore[attr-defined]

@@ -208,9 +208,10 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         """Write already-framed bytes; False once the connection is closing."""
         if self.close_sent or self.disconnected or not self.handshake_complete:
             return False
-        if self.transport.is_closing():  # closed by uvicorn (shutdown, the peer's close):
+        transport = self.transport
+        if transport.is_closing():  # closed by uvicorn (shutdown, the peer's close):
             return False  # nothing may follow the close frame
-        self.transport.write(data)
+        transport.write(data)
         return True
 
     def handle_ping(self) -> None:
