@@ -54,11 +54,14 @@ def protocol_of(session: Session) -> PresenceWebSocketProtocol:
 
 
 async def test_open_websocket_protocol_has_no_instance_dict(node: Node) -> None:
-    """Every attribute of an open connection's protocol is a slot: no instance dict."""
+    """Every attribute of an open connection's protocol (and its websockets state machine)
+    is a slot: no instance dict."""
     client = await node.login("alice")
     await client.watch("bob")
     (session,) = node.sessions()
-    assert vars(protocol_of(session)) == {}
+    protocol = protocol_of(session)
+    assert vars(protocol) == {}
+    assert vars(protocol.conn) == {}  # websockets' state machine too
     await client.close()
 
 

@@ -37,7 +37,37 @@ EXTENSION = "presence.raw"
 
 
 class _Connection(ServerProtocol):
-    """websockets' server state machine, closing with 4009 on an over-size message."""
+    """websockets' server state machine, closing with 4009 on an over-size message; its
+    attributes are slots (no instance dict), as ``PresenceWebSocketProtocol``'s."""
+
+    __slots__ = (
+        "_state",
+        "accept_called",
+        "available_extensions",
+        "available_subprotocols",
+        "close_rcvd",
+        "close_rcvd_then_sent",
+        "close_sent",
+        "current_size",
+        "debug",
+        "eof_sent",
+        "events",
+        "expect_continuation_frame",
+        "extensions",
+        "handshake_exc",
+        "id",
+        "logger",
+        "max_fragment_size",
+        "max_message_size",
+        "origin",
+        "origins",
+        "parser",
+        "parser_exc",
+        "reader",
+        "side",
+        "subprotocol",
+        "writes",
+    )
 
     def fail(self, code: int, reason: str = "") -> None:
         if code == LibraryCloseCode.MESSAGE_TOO_BIG:
