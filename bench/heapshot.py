@@ -187,9 +187,8 @@ async def _pauses(pipe: Connection, child: Any, args: argparse.Namespace) -> Non
     for gen in (0, 1, 2):
         mine = [p[0] for p in pauses if p[1] == gen]
         if mine:
-            print(
-                f"generation {gen}: {len(mine)} pauses, max {max(mine):.1f} ms, total {sum(mine):.0f} ms"
-            )
+            worst, total = max(mine), sum(mine)
+            print(f"generation {gen}: {len(mine)} pauses, max {worst:.1f} ms, total {total:.0f} ms")
     print(
         "longest:",
         ", ".join(
