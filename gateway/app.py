@@ -162,6 +162,12 @@ _HOOK_PATH = re.compile(r"\A/v1/apps/([^/]+)/webhooks/([^/]+)(?:/(.*))?\Z")
 _SSE_PATH = re.compile(rf"\A/v1/apps/({APP_ID})/sse\Z")
 
 
+def _app_in(pattern: re.Pattern[str], path: str) -> str | None:
+    """The app id ``pattern`` finds in ``path``, or None."""
+    found = pattern.match(path)
+    return found.group(1) if found else None
+
+
 class WebSocketFront:
     """Hands ``/v1/apps/{app}/ws`` straight to a ``Session``, ``/v1/apps/{app}/sse`` to the
     event stream (``gateway.sse``) and webhook POSTs to their handler; the rest to Starlette.
@@ -200,14 +206,15 @@ class WebSocketFront:
                     if hook := _HOOK_PATH.match(scope["path"]):
                         await self._webhook(scope, receive, send, hook)
                         return
-                elif stream := _SSE_PATH.match(scope["path"]):
-                    scope["path_params"] = {"app": stream.group(1)}
+                elif (stream_app := _app_in(_SSE_PATH, scope["path"])) is not None:
+                    scope["path_params"] = {"app": stream_app}
                     await self.sse(scope, receive, send)
                     return
             await self.app(scope, receive, send)
             return
-        match = _WS_PATH.match(scope["path"])
-        app_cfg = self.apps.get(match.group(1)) if match else None
+        # no match object in this frame: it would live as long as the connection (136 B)
+        ws_app = _app_in(_WS_PATH, scope["path"])
+        app_cfg = self.apps.get(ws_app) if ws_app is not None else None
         if app_cfg is None:
             await receive()  # websocket.connect
             # the handshake gets 403

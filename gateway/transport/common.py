@@ -21,6 +21,15 @@ access_log = logging.getLogger("gateway.access")
 _default_edge: Edge | None = None
 
 
+def release_transport(transport: object) -> None:
+    """Break asyncio's selector-transport self-cycle (``_read_ready_cb`` is a bound method of
+    the transport itself, CPython 3.11; gh-100348): behind ``gc.freeze()`` a closed
+    connection's transport, socket and extras would never be collected. uvloop's transports
+    have no such attribute."""
+    if getattr(transport, "_read_ready_cb", None) is not None:
+        transport._read_ready_cb = None  # type: ignore[attr-defined]
+
+
 def edge_of(app_state: dict[str, Any]) -> Edge:
     """The app's ``Edge`` from the lifespan state (``[server]`` defaults without one)."""
     edge = app_state.get(Edge.STATE_KEY)

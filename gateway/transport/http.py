@@ -27,7 +27,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway.edge import Slot, quiet_log
-from gateway.transport.common import SEND_BUFFER, Flag, access_log, edge_of
+from gateway.transport.common import SEND_BUFFER, Flag, access_log, edge_of, release_transport
 from gateway.transport.websocket import PresenceWebSocketProtocol
 
 STREAM = "presence.stream"
@@ -98,6 +98,7 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
         # uvicorn cancels its keep-alive timer only on a clean close: after a reset the timer
         # and this protocol hold each other, a cycle a frozen heap never frees (test_heap.py)
         self._unset_keepalive_if_required()
+        release_transport(self.transport)
 
     def _refuse(self) -> None:
         """Answer 503 before parsing anything."""

@@ -31,7 +31,14 @@ from websockets.server import ServerProtocol
 from gateway.edge import Slot, quiet_log, redact_path
 from gateway.errors import CloseCode
 from gateway.protocol import MAX_MESSAGE
-from gateway.transport.common import SEND_BUFFER, Flag, Inbox, access_log, edge_of
+from gateway.transport.common import (
+    SEND_BUFFER,
+    Flag,
+    Inbox,
+    access_log,
+    edge_of,
+    release_transport,
+)
 
 EXTENSION = "presence.raw"
 
@@ -166,6 +173,10 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None and "extensions" in scope:
             scope["extensions"].pop(EXTENSION, None)
+        # websockets' parser generator and its connection hold each other, and the generator
+        # never finishes (it waits for an EOF nobody feeds): end it, nothing is parsed now.
+        self.conn.parser.close()
+        release_transport(self.transport)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
