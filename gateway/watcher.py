@@ -61,7 +61,7 @@ class Watcher:
         self.sink: Sink | None = None
         self.claims: tokens.Claims | None = None
         self.outbox = Outbox(config.high_water_bytes, config.slow_close_after_s)
-        self._expiry: set[Watcher] | None = None  # its token's expiry second (_Expiries)
+        self._expiry: int | None = None  # its token's expiry second (_Expiries)
         self._admitted = False  # counted in hub.connections
 
     @property
@@ -84,7 +84,7 @@ class Watcher:
             self.hub.release(self.app.id, self.claims.sub)
         self.hub.unwatch(self, self.app.id, list(self.outbox.watching))
         if self._expiry is not None:
-            self._expiry.discard(self)
+            _expiries().discard(self, self._expiry)
             self._expiry = None
 
     def admit(self, claims: tokens.Claims) -> bool:
@@ -236,26 +236,44 @@ class _Expiries:
     """The token expiries of one event loop's connections: one timer per second in which
     some expire, not one per connection (a timer handle, its arguments and its context are
     ~500 bytes a connection). A connection is closed in the first second at or after its
-    deadline: a token's ``exp`` is usually whole seconds, so at the deadline."""
+    deadline: a token's ``exp`` is usually whole seconds, so at the deadline. A second whose
+    connections all closed before it goes with its timer (else, with hours-long tokens and
+    connections coming and going, a set and a timer per second would wait for hours)."""
 
-    __slots__ = ("loop", "seconds")
+    __slots__ = ("loop", "seconds", "timers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.seconds: dict[int, set[Watcher]] = {}
+        self.timers: dict[int, asyncio.TimerHandle] = {}
 
-    def add(self, watcher: Watcher, deadline: float) -> set[Watcher]:
-        """Close ``watcher`` at ``deadline`` (epoch seconds); the set to discard it from."""
+    def add(self, watcher: Watcher, deadline: float) -> int:
+        """Close ``watcher`` at ``deadline`` (epoch seconds); the second to ``discard``."""
         second = math.ceil(deadline)
         due = self.seconds.get(second)
         if due is None:
             due = self.seconds[second] = set()
             loop = self.loop
-            loop.call_at(loop.time() + max(0.0, second - time.time()), self._expire, second)
+            self.timers[second] = loop.call_at(
+                loop.time() + max(0.0, second - time.time()), self._expire, second
+            )
         due.add(watcher)
-        return due
+        return second
+
+    def discard(self, watcher: Watcher, second: int) -> None:
+        """``watcher`` closed before its token expired."""
+        due = self.seconds.get(second)
+        if due is None:
+            return
+        due.discard(watcher)
+        if not due:
+            del self.seconds[second]
+            timer = self.timers.pop(second, None)
+            if timer is not None:
+                timer.cancel()
 
     def _expire(self, second: int) -> None:
+        self.timers.pop(second, None)
         for watcher in list(self.seconds.pop(second, ())):
             watcher.close(CloseCode.UNAUTHORIZED, "token expired")
 
