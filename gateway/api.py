@@ -165,7 +165,7 @@ async def set_custom(
     now = clock_ms()
     try:
         result = await store.apply(app.id, [custom_event(user, text, now)], now_ms=now)
-        if deliver is not None and result.payloads:
+        if deliver is not None:
             deliver(app.id, result.payloads)
         states = result.published or await store.get(app.id, [user])
     except StoreUnavailable:

@@ -202,9 +202,9 @@ class WebSocketFront:
             scope["client"] = (client, 0) if client is not None else None
         if scope["type"] != "websocket":
             if scope["type"] == "http":
-                if scope["method"] == "POST" and self.webhook is not None:
+                if scope["method"] == "POST" and (webhook := self.webhook) is not None:
                     if hook := _HOOK_PATH.match(scope["path"]):
-                        await self._webhook(scope, receive, send, hook)
+                        await _run_webhook(webhook, scope, receive, send, hook)
                         return
                 elif (stream_app := _app_in(_SSE_PATH, scope["path"])) is not None:
                     scope["path_params"] = {"app": stream_app}
@@ -222,17 +222,23 @@ class WebSocketFront:
             return
         await Session(receive, app_cfg, self.hub).run(scope, send)
 
-    async def _webhook(
-        self, scope: Scope, receive: Receive, send: Send, hook: re.Match[str]
-    ) -> None:
-        started = time.perf_counter()
-        app_id, provider, rest = hook.groups()
-        params = {"app": app_id, "provider": provider}
-        if rest is not None:
-            params["rest"] = rest
-        scope["path_params"] = params
-        assert self.webhook is not None
-        response = await self.webhook(Request(scope, receive))
-        await response(scope, receive, send)
-        if access_log.isEnabledFor(logging.INFO):
-            log_access("POST", scope["path"], response.status_code, started)
+
+async def _run_webhook(
+    webhook: Callable[[Request], Awaitable[Response]],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    hook: re.Match[str],
+) -> None:
+    """A webhook POST without Starlette: its path params as the router would set them, the
+    handler's response, and the access line ``AccessLog`` would write."""
+    started = time.perf_counter()
+    app_id, provider, rest = hook.groups()
+    params = {"app": app_id, "provider": provider}
+    if rest is not None:
+        params["rest"] = rest
+    scope["path_params"] = params
+    response = await webhook(Request(scope, receive))
+    await response(scope, receive, send)
+    if access_log.isEnabledFor(logging.INFO):
+        log_access("POST", scope["path"], response.status_code, started)

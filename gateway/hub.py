@@ -181,15 +181,8 @@ class Hub(Interest):
             fanned = False
             for user, payload in published:
                 fanned = self._fan(app, user, payload) or fanned
-            if not fanned:
-                return
-            loop = asyncio.get_running_loop()
-            if loop.time() >= self._last_flush + self.config.flush_tick_s:
-                if self._flush_handle is not None:
-                    self._flush_handle.cancel()
-                self._flush()
-            else:
-                self.schedule_flush()
+            if fanned:
+                self.schedule_flush(at_once=True)
         except Exception:
             log.exception("local delivery failed")
             self.schedule_flush()  # what was queued still goes
@@ -240,14 +233,20 @@ class Hub(Interest):
         """
         return self.latest.get((app, user))
 
-    def schedule_flush(self) -> None:
-        """Flush dirty sessions now if the last flush of presence states was a tick ago,
-        else on the tick."""
-        if self._flush_handle is not None or not self._dirty:
+    def schedule_flush(self, *, at_once: bool = False) -> None:
+        """Flush dirty sessions soon (this loop turn; ``at_once``: right here) if the last
+        flush of presence states was a tick ago, else on the tick."""
+        if not self._dirty:
             return
         loop = asyncio.get_running_loop()
         wait = self._last_flush + self.config.flush_tick_s - loop.time()
-        if wait <= 0:
+        if at_once and wait <= 0:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
+        elif self._flush_handle is not None:
+            return
+        elif wait <= 0:
             self._flush_handle = loop.call_soon(self._flush)
         else:
             self._flush_handle = loop.call_later(wait, self._flush)

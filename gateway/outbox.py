@@ -16,6 +16,7 @@ passes the socket's buffered bytes and the clock in; the outbox only counts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, TypeVar
 
@@ -159,18 +160,31 @@ class Outbox:
         """Bytes held for the client, presence aside: the socket's and the control replies."""
         return self.control_bytes + buffered
 
-    def behind(self, buffered: int, now: float) -> bool | None:
-        """Whether the client is behind with ``buffered`` bytes unsent at ``now``: False
-        (caught up, a later fall behind counts afresh), True, or None once it has been
-        behind for longer than ``slow_close_after`` (close it with 4008)."""
+    def behind(self, buffered: int, now: float | None = None) -> bool | None:
+        """Whether the client is behind with ``buffered`` bytes unsent at ``now`` (default:
+        the monotonic clock, read only when over the mark — the fan-out's flush asks this
+        once per delivery): False (caught up, a later fall behind counts afresh), True, or
+        None once it has been behind for longer than ``slow_close_after`` (close it, 4008)."""
         if buffered <= self.high_water:
             self.behind_since = None
             return False
+        if now is None:
+            now = time.monotonic()
         if self.behind_since is None:
             self.behind_since = now
         elif now - self.behind_since > self.slow_close_after:
             return None
         return True
+
+    def take_one(self) -> bytes | None:
+        """The one presence frame queued when it is all there is (the fan-out's common
+        case, written without a list), taken; else None and nothing taken."""
+        pending = self.pending
+        if len(pending) != 1 or self.control:
+            return None
+        (frame,) = pending.values()
+        self.pending = {}
+        return frame
 
     def take(self) -> tuple[list[bytes], int]:
         """Everything queued, in order, for one write, and how many presence frames it has."""

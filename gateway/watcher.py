@@ -213,17 +213,16 @@ class Watcher:
         if outbox.closed or sink is None:
             return 0
         if not force:
-            buffered = sink.buffered()
-            if buffered > outbox.high_water:  # behind: for how long is the outbox's count
-                if outbox.behind(buffered, time.monotonic()) is None:
-                    self._close_slow()
-                    return 0
+            behind = outbox.behind(sink.buffered())
+            if behind is None:
+                self._close_slow()
+                return 0
+            if behind:
                 return None
-        outbox.behind_since = None  # caught up (or forced): a later fall behind counts afresh
-        pending = outbox.pending
-        if len(pending) == 1 and not outbox.control:  # the fan-out's case: one state, alone
-            (frame,) = pending.values()
-            outbox.pending = {}
+        else:
+            outbox.behind_since = None
+        frame = outbox.take_one()
+        if frame is not None:
             sink.send(frame)
             return 1
         frames, sent = outbox.take()

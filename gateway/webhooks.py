@@ -122,11 +122,6 @@ def _provider_metrics(metrics: Metrics, name: str) -> _ProviderMetrics:
     return found
 
 
-def _deliver(deliver: Deliver | None, app_id: str, payloads: list[tuple[str, bytes]]) -> None:
-    if deliver is not None and payloads:
-        deliver(app_id, payloads)
-
-
 async def clear_checked(
     store: PresenceStore,
     app_id: str,
@@ -144,7 +139,8 @@ async def clear_checked(
         clears += rules.cleared(await store.records(app_id, user), evs, provider)
     if clears:
         result = await store.apply(app_id, clears)
-        _deliver(deliver, app_id, result.payloads)
+        if deliver is not None:
+            deliver(app_id, result.payloads)
 
 
 async def handle(
@@ -226,7 +222,8 @@ async def handle(
         if parsed.events:
             try:
                 result = await store.apply(app_id, parsed.events)
-                _deliver(deliver, app_id, result.payloads)
+                if deliver is not None:
+                    deliver(app_id, result.payloads)  # never raises (Hub.deliver)
                 if getattr(provider.config, "reconcile", None) is not None:
                     await clear_checked(store, app_id, name, parsed.events, deliver)
             except StoreUnavailable:
