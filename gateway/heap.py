@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 class HeapKeeper:
     """Owns the periodic collect-and-freeze task.
 
-    While connections are being set up (a tick froze ``burst`` objects a second or more) it
-    ticks every ``fast`` seconds instead: CPython's automatic full collections then come
+    While connections are being set up (the heap grew by ``burst`` allocator blocks a second
+    or more) it ticks every ``fast`` seconds instead: CPython's automatic full collections then come
     about once a second, each walking everything made since the last freeze, so a tick a
     second let them walk a second of connection setup (40 ms at 1,600 connections/s on a
     slow core; an idle connection is ~45 tracked objects).
@@ -44,6 +45,7 @@ class HeapKeeper:
         self.interval = interval
         self.fast = min(fast, interval)
         self.burst = burst
+        self._blocks = sys.getallocatedblocks()  # at the last tick
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -68,8 +70,11 @@ class HeapKeeper:
         """Collect the young generations and freeze the survivors of the last ``elapsed``
         seconds; the seconds to wait for the next tick."""
         gc.collect(1)  # the young generations: garbage of the last tick, cheaply
-        # what is about to be frozen: the survivors since the last tick, now all in the
-        # oldest generation (gc.get_freeze_count() would walk every frozen object instead)
-        grown = len(gc.get_objects(2))
+        # How much the heap grew since the last tick, in allocator blocks (an object is one
+        # or a few). Not len(gc.get_objects(2)): it would hand out references to objects
+        # another thread is still building (a tuple from a generator then fails with
+        # SystemError in _PyTuple_Resize); gc.get_freeze_count() walks every frozen object.
+        blocks = sys.getallocatedblocks()
+        grown, self._blocks = blocks - self._blocks, blocks
         gc.freeze()
         return self.fast if grown >= self.burst * elapsed else self.interval
