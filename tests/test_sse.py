@@ -319,7 +319,8 @@ async def test_token_expiring_mid_stream_ends_it(monkeypatch: pytest.MonkeyPatch
     """A stream ends (cleanly) once its token expires; the node forgets it."""
     monkeypatch.setattr(tokens, "LEEWAY_S", 0)
     async with running() as live:
-        async with live.stream("bob", token=live.token(ttl_s=1)) as stream:
+        # exp is whole seconds: ttl 2 leaves at least a second for the stream to start
+        async with live.stream("bob", token=live.token(ttl_s=2)) as stream:
             await stream.start()
             assert await stream.next(within=10) is None
             assert stream.ended_with is None
